@@ -1,0 +1,132 @@
+"""What batchgen knows about the service's models: families, accepted values, prices.
+
+One table serves the spec validator (which values a model accepts), the planner
+(default prices) and the simulator (which models it serves and what it charges), so
+the three cannot disagree. Prices are per image, in the account's currency (CNY on
+CobabaAi); they are user configuration, and a spec's ``prices`` overrides them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+__all__ = [
+    "ASPECT_RATIOS",
+    "DEFAULT_PRICES",
+    "EXTRA_ASPECT_RATIOS_NB2",
+    "GPT_IMAGE_SIZES",
+    "IMAGE_SIZES",
+    "ModelFamily",
+    "family_of",
+    "image_dimensions",
+    "known_models",
+]
+
+#: Ratios every nano-banana model accepts (``auto`` means the model chooses; 1:1 here).
+ASPECT_RATIOS: tuple[str, ...] = (
+    "auto", "1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3", "5:4", "4:5", "21:9",
+)
+#: The nano-banana-2 family also accepts these.
+EXTRA_ASPECT_RATIOS_NB2: tuple[str, ...] = ("1:4", "4:1", "1:8", "8:1")
+#: ``imageSize`` values; only the pro and 2 families honour anything but 1K.
+IMAGE_SIZES: tuple[str, ...] = ("1K", "2K", "4K")
+#: gpt-image-2 takes its size as pixels.
+GPT_IMAGE_SIZES: tuple[str, ...] = ("auto", "1024x1024", "1536x1024", "1024x1536")
+
+#: Default per-image prices (CNY), from the service's public price list where known.
+DEFAULT_PRICES: dict[str, float] = {
+    "nano-banana-fast": 0.022,
+    "nano-banana": 0.044,
+    "nano-banana-pro": 0.198,
+    "nano-banana-pro-vip": 0.33,
+    "nano-banana-pro-4k-vip": 0.44,
+    "nano-banana-pro-cl": 0.165,
+    "nano-banana-2": 0.11,
+    "gpt-image-2": 0.066,
+    "gpt-image-2-vip": 0.132,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ModelFamily:
+    """The values one family of models accepts."""
+
+    name: str
+    aspect_ratios: tuple[str, ...]
+    image_sizes: tuple[str, ...]
+    pixel_sizes: bool = False  # gpt-image: aspectRatio/size are "WxH" strings
+
+    def accepts_ratio(self, value: str) -> bool:
+        """Whether ``value`` is an aspect ratio (or pixel size) this family accepts."""
+        return value in self.aspect_ratios
+
+    def accepts_size(self, value: str) -> bool:
+        """Whether ``value`` is an ``imageSize`` this family honours."""
+        return value in self.image_sizes
+
+
+_NANO = ModelFamily("nano-banana", ASPECT_RATIOS, ("1K",))
+_NANO_PRO = ModelFamily("nano-banana-pro", ASPECT_RATIOS, IMAGE_SIZES)
+_NANO_2 = ModelFamily("nano-banana-2", ASPECT_RATIOS + EXTRA_ASPECT_RATIOS_NB2, IMAGE_SIZES)
+_GPT = ModelFamily(
+    "gpt-image",
+    GPT_IMAGE_SIZES + ("1:1", "3:2", "2:3"),
+    ("1K",),
+    pixel_sizes=True,
+)
+
+
+def family_of(model: str) -> ModelFamily | None:
+    """The family of ``model``, or ``None`` for a model batchgen does not know."""
+    if model.startswith("nano-banana-pro"):
+        return _NANO_PRO
+    if model.startswith("nano-banana-2"):
+        return _NANO_2
+    if model.startswith("nano-banana"):
+        return _NANO
+    if model.startswith("gpt-image"):
+        return _GPT
+    return None
+
+
+def known_models() -> tuple[str, ...]:
+    """Every model name with a default price."""
+    return tuple(DEFAULT_PRICES)
+
+
+_LONG_SIDE = {"1K": 1024, "2K": 2048, "4K": 4096}
+_GPT_RATIO_PIXELS = {"1:1": (1024, 1024), "3:2": (1536, 1024), "2:3": (1024, 1536)}
+
+
+def image_dimensions(aspect_ratio: str, image_size: str) -> tuple[int, int]:
+    """Width and height of an image of ``aspect_ratio`` at ``image_size``.
+
+    ``1K`` is 1024 px on the long side, ``2K`` 2048, ``4K`` 4096; the short side is
+    rounded to a multiple of 8 so that 16:9 at 2K is 2048x1152. ``auto`` is square;
+    a pixel string such as ``1536x1024`` is taken as it is.
+
+    Raises ValueError for a value that is neither a ratio, a pixel size nor ``auto``.
+    """
+    if "x" in aspect_ratio:
+        w_text, _, h_text = aspect_ratio.partition("x")
+        width, height = int(w_text), int(h_text)
+        if width <= 0 or height <= 0:
+            raise ValueError(f"bad pixel size {aspect_ratio!r}")
+        return width, height
+    if aspect_ratio in _GPT_RATIO_PIXELS and image_size not in _LONG_SIDE:
+        return _GPT_RATIO_PIXELS[aspect_ratio]
+    long_side = _LONG_SIDE.get(image_size)
+    if long_side is None:
+        raise ValueError(f"bad image size {image_size!r}")
+    if aspect_ratio == "auto":
+        return long_side, long_side
+    w_text, sep, h_text = aspect_ratio.partition(":")
+    if not sep:
+        raise ValueError(f"bad aspect ratio {aspect_ratio!r}")
+    rw, rh = float(w_text), float(h_text)
+    if rw <= 0 or rh <= 0:
+        raise ValueError(f"bad aspect ratio {aspect_ratio!r}")
+    if rw >= rh:
+        return long_side, max(8, 8 * math.floor(long_side * rh / rw / 8 + 0.5))
+    return max(8, 8 * math.floor(long_side * rw / rh / 8 + 0.5)), long_side

@@ -1,0 +1,412 @@
+"""The one exception tree of batchgen.
+
+Every error batchgen raises derives from :class:`BatchgenError`. Each error knows
+whether retrying can help (``retryable``) and whether the service may have accepted,
+and charged, the request that failed (``accepted``); the runner's policy reads those
+two flags and the error's ``code``, nothing else. Messages are written by the errors
+themselves from their arguments, and never contain a secret: everything that reaches
+an exception passes through :func:`redact`.
+
+::
+
+    BatchgenError
+    ├── UsageError                 bad command-line usage                      (exit 2)
+    ├── SpecError                  the job spec is invalid; .issues lists all  (exit 2)
+    ├── ConfigError                missing key, bad base URL, unusable folder  (exit 3)
+    ├── LedgerError                the ledger cannot be opened or is foreign   (exit 3)
+    ├── APIError                   the service answered with an error          (accepted: no)
+    │   ├── AuthenticationError    401 invalid_api_key / token_invalid          (exit 3)
+    │   ├── PermissionDeniedError  403 access_denied / token_model_forbidden
+    │   ├── TaskNotFoundError      404 task_not_found, or HTTP 200 with code -22
+    │   ├── RateLimitError         429 rate_limit_exceeded; .retry_after
+    │   ├── ModelUnavailableError  503 model_not_found (no channel for the model)
+    │   ├── UpstreamError          500, 502 and other 5xx upstream_error
+    │   ├── BadRequestError        any other 4xx
+    │   └── BusinessError          HTTP 200 with code != 0 (e.g. no credits)
+    ├── ResponseFormatError        a 2xx answer batchgen cannot read           (accepted: unknown)
+    ├── TransportError             no usable answer arrived
+    │   ├── ConnectError           the request never reached the service       (accepted: no)
+    │   ├── RequestTimeoutError    connect/pool timeout: no; read timeout: unknown
+    │   └── ConnectionLostError    the connection died after the request left  (accepted: unknown)
+    └── DownloadError              a result image could not be saved
+        ├── ResultExpiredError     the result URL answers 404/410 (it expired)
+        ├── UnsafeURLError         scheme, host or redirect refused
+        ├── DownloadTooLargeError  the body passed the size cap
+        ├── TruncatedDownloadError the body ended before its declared length
+        └── NotAnImageError        the bytes do not decode as an image
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import ClassVar
+
+__all__ = [
+    "APIError",
+    "Accepted",
+    "AuthenticationError",
+    "BadRequestError",
+    "BatchgenError",
+    "BusinessError",
+    "ConfigError",
+    "ConnectError",
+    "ConnectionLostError",
+    "DownloadError",
+    "DownloadTooLargeError",
+    "LedgerError",
+    "ModelUnavailableError",
+    "NotAnImageError",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "RequestTimeoutError",
+    "ResponseFormatError",
+    "ResultExpiredError",
+    "SpecError",
+    "SpecIssue",
+    "TaskNotFoundError",
+    "TransportError",
+    "TruncatedDownloadError",
+    "UnsafeURLError",
+    "UpstreamError",
+    "UsageError",
+    "redact",
+    "register_secret",
+]
+
+
+class Accepted(enum.Enum):
+    """Whether the service may have accepted (and charged) a failed request."""
+
+    NO = "no"
+    YES = "yes"
+    UNKNOWN = "unknown"
+
+
+# --- secrets --------------------------------------------------------------------------
+
+_SECRETS: set[str] = set()
+_SECRETS_LOCK = threading.Lock()  # aiosqlite's thread may format messages too
+_KEY_PATTERN = re.compile(r"sk-[A-Za-z0-9_\-]{6,}")
+_MASK = "sk-***"
+
+
+def register_secret(value: str) -> None:
+    """Remember ``value`` so that :func:`redact` removes it from any text.
+
+    Values shorter than 4 characters are ignored: masking them would garble text.
+    """
+    if len(value) >= 4:
+        with _SECRETS_LOCK:
+            _SECRETS.add(value)
+
+
+def redact(text: str) -> str:
+    """Return ``text`` with every registered secret and every ``sk-…`` token masked."""
+    with _SECRETS_LOCK:
+        secrets = sorted(_SECRETS, key=len, reverse=True)
+    for secret in secrets:
+        if secret in text:
+            text = text.replace(secret, _MASK)
+    return _KEY_PATTERN.sub(_MASK, text)
+
+
+# --- the tree -------------------------------------------------------------------------
+
+
+class BatchgenError(Exception):
+    """Base of every batchgen error.
+
+    ``code`` is a short machine-readable reason (the service's error code where there
+    is one), ``retryable`` says whether trying again can help, ``accepted`` whether
+    the service may have taken (and charged) the request, ``exit_code`` what the CLI
+    returns when this error ends a command.
+    """
+
+    default_code: ClassVar[str] = "error"
+    retryable_default: ClassVar[bool] = False
+    accepted_default: ClassVar[Accepted] = Accepted.NO
+    exit_code: ClassVar[int] = 1
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        retryable: bool | None = None,
+        accepted: Accepted | None = None,
+    ) -> None:
+        self.message = redact(message)
+        self.code = code or self.default_code
+        self.retryable = self.retryable_default if retryable is None else retryable
+        self.accepted = self.accepted_default if accepted is None else accepted
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r}, code={self.code!r})"
+
+
+class UsageError(BatchgenError):
+    """The command line asks for something that cannot be done."""
+
+    default_code = "usage"
+    exit_code = 2
+
+
+@dataclass(frozen=True, slots=True)
+class SpecIssue:
+    """One problem found in a job spec, located at a YAML node."""
+
+    file: str
+    line: int
+    column: int
+    message: str
+    severity: str = "error"
+
+    def __str__(self) -> str:
+        prefix = "" if self.severity == "error" else f"{self.severity}: "
+        return f"{self.file}:{self.line}:{self.column}: {prefix}{redact(self.message)}"
+
+
+class SpecError(BatchgenError):
+    """The job spec cannot be used; ``issues`` holds every problem found, in file order."""
+
+    default_code = "invalid_spec"
+    exit_code = 2
+
+    def __init__(self, issues: Iterable[SpecIssue]) -> None:
+        self.issues = tuple(issues)
+        errors = [i for i in self.issues if i.severity == "error"]
+        if len(errors) == 1:
+            message = str(errors[0])
+        else:
+            message = f"{len(errors)} errors in the job spec:\n" + "\n".join(
+                str(i) for i in errors
+            )
+        super().__init__(message)
+
+
+class ConfigError(BatchgenError):
+    """The environment or the options make the command impossible (no key, bad URL, ...)."""
+
+    default_code = "config"
+    exit_code = 3
+
+
+class LedgerError(BatchgenError):
+    """The ledger cannot be opened, migrated or written."""
+
+    default_code = "ledger"
+    exit_code = 3
+
+
+# --- errors answered by the service ---------------------------------------------------
+
+
+class APIError(BatchgenError):
+    """The service answered, and the answer is an error.
+
+    An answer is a refusal: the request was not accepted, so it was not charged.
+    """
+
+    default_code = "api_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        route: str = "",
+        request_id: str | None = None,
+        retryable: bool | None = None,
+        accepted: Accepted | None = None,
+    ) -> None:
+        self.status = status
+        self.route = route
+        self.request_id = request_id
+        parts = []
+        if route:
+            parts.append(route)
+        if status is not None:
+            parts.append(f"HTTP {status}")
+        head = " ".join(parts)
+        detail = f"{head}: {message}" if head else message
+        if request_id:
+            detail += f" (request id {request_id})"
+        super().__init__(detail, code=code, retryable=retryable, accepted=accepted)
+
+
+class AuthenticationError(APIError):
+    """401: the key is wrong, expired or revoked. Nothing else will work."""
+
+    default_code = "invalid_api_key"
+    exit_code = 3
+
+
+class PermissionDeniedError(APIError):
+    """403: the key may not use this model."""
+
+    default_code = "token_model_forbidden"
+
+
+class TaskNotFoundError(APIError):
+    """The service does not know the task id (404 ``task_not_found`` or code -22)."""
+
+    default_code = "task_not_found"
+
+
+class RateLimitError(APIError):
+    """429: too many requests. ``retry_after`` is the server's delay in seconds, if sent."""
+
+    default_code = "rate_limit_exceeded"
+    retryable_default = True
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kw: object) -> None:
+        self.retry_after = retry_after
+        if retry_after is not None:
+            message = f"{message} (retry after {retry_after:g}s)"
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+
+
+class ModelUnavailableError(APIError):
+    """503 ``model_not_found``: no channel currently serves the model."""
+
+    default_code = "model_not_found"
+    retryable_default = True
+
+
+class UpstreamError(APIError):
+    """500/502 (or another 5xx): the service or its upstream failed."""
+
+    default_code = "upstream_error"
+    retryable_default = True
+
+
+class BadRequestError(APIError):
+    """Any other 4xx: the request itself is wrong; retrying will not help."""
+
+    default_code = "bad_request"
+
+
+class BusinessError(APIError):
+    """HTTP 200 whose body says ``code != 0``, e.g. insufficient credits."""
+
+    default_code = "business_error"
+
+
+class ResponseFormatError(BatchgenError):
+    """A 2xx answer that batchgen cannot read. The service may have acted on the request."""
+
+    default_code = "malformed_response"
+    accepted_default = Accepted.UNKNOWN
+
+    def __init__(self, message: str, *, route: str = "", **kw: object) -> None:
+        self.route = route
+        super().__init__(f"{route}: {message}" if route else message, **kw)  # type: ignore[arg-type]
+
+
+# --- no answer --------------------------------------------------------------------------
+
+
+class TransportError(BatchgenError):
+    """No usable answer arrived. ``accepted`` tells whether the request left."""
+
+    default_code = "transport_error"
+    retryable_default = True
+    accepted_default = Accepted.UNKNOWN
+
+    def __init__(self, message: str, *, route: str = "", **kw: object) -> None:
+        self.route = route
+        super().__init__(f"{route}: {message}" if route else message, **kw)  # type: ignore[arg-type]
+
+
+class ConnectError(TransportError):
+    """The connection could not be made: the request never reached the service."""
+
+    default_code = "connect_error"
+    accepted_default = Accepted.NO
+
+
+class RequestTimeoutError(TransportError):
+    """A timeout fired. Before sending (connect, pool) it is a refusal; after, unknown."""
+
+    default_code = "timeout"
+
+
+class ConnectionLostError(TransportError):
+    """The connection closed after the request was sent and before the answer was read."""
+
+    default_code = "connection_lost"
+
+
+# --- downloads --------------------------------------------------------------------------
+
+
+class DownloadError(BatchgenError):
+    """A result image could not be fetched or saved. Downloads are never charged."""
+
+    default_code = "download_failed"
+    retryable_default = True
+
+    def __init__(self, message: str, *, url: str = "", **kw: object) -> None:
+        self.url = redact(url)
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+
+
+class ResultExpiredError(DownloadError):
+    """The result URL no longer serves the image (it expires about 2 hours after)."""
+
+    default_code = "url_expired"
+    retryable_default = False
+
+
+class UnsafeURLError(DownloadError):
+    """The result URL (or a redirect) points where batchgen refuses to go."""
+
+    default_code = "unsafe_url"
+    retryable_default = False
+
+
+class DownloadTooLargeError(DownloadError):
+    """The image is larger than the size cap."""
+
+    default_code = "too_large"
+    retryable_default = False
+
+
+class TruncatedDownloadError(DownloadError):
+    """The body ended before the length the server declared."""
+
+    default_code = "truncated"
+
+
+class NotAnImageError(DownloadError):
+    """The downloaded bytes are not an image Pillow can decode."""
+
+    default_code = "not_an_image"
+
+
+def error_from_mapping(data: Mapping[str, object]) -> str:
+    """Pick the human message out of an error body: ``msg``, ``error.message``, ``message``."""
+    for key in ("msg",):
+        value = data.get(key)
+        if isinstance(value, str) and value:
+            return value
+    error = data.get("error")
+    if isinstance(error, Mapping):
+        value = error.get("message")
+        if isinstance(value, str) and value:
+            return value
+    elif isinstance(error, str) and error:
+        return error
+    value = data.get("message")
+    if isinstance(value, str) and value:
+        return value
+    return ""
