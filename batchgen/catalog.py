@@ -25,7 +25,17 @@ __all__ = [
 
 #: Ratios every nano-banana model accepts (``auto`` means the model chooses; 1:1 here).
 ASPECT_RATIOS: tuple[str, ...] = (
-    "auto", "1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3", "5:4", "4:5", "21:9",
+    "auto",
+    "1:1",
+    "16:9",
+    "9:16",
+    "4:3",
+    "3:4",
+    "3:2",
+    "2:3",
+    "5:4",
+    "4:5",
+    "21:9",
 )
 #: The nano-banana-2 family also accepts these.
 EXTRA_ASPECT_RATIOS_NB2: tuple[str, ...] = ("1:4", "4:1", "1:8", "8:1")
@@ -71,7 +81,7 @@ _NANO_PRO = ModelFamily("nano-banana-pro", ASPECT_RATIOS, IMAGE_SIZES)
 _NANO_2 = ModelFamily("nano-banana-2", ASPECT_RATIOS + EXTRA_ASPECT_RATIOS_NB2, IMAGE_SIZES)
 _GPT = ModelFamily(
     "gpt-image",
-    GPT_IMAGE_SIZES + ("1:1", "3:2", "2:3"),
+    (*GPT_IMAGE_SIZES, "1:1", "3:2", "2:3"),
     ("1K",),
     pixel_sizes=True,
 )

@@ -140,7 +140,7 @@ class BatchgenError(Exception):
         accepted: Accepted | None = None,
     ) -> None:
         self.message = redact(message)
-        self.code = code or self.default_code
+        self.code = redact(code)[:100] if code else self.default_code
         self.retryable = self.retryable_default if retryable is None else retryable
         self.accepted = self.accepted_default if accepted is None else accepted
         super().__init__(self.message)
@@ -186,9 +186,7 @@ class SpecError(BatchgenError):
         if len(errors) == 1:
             message = str(errors[0])
         else:
-            message = f"{len(errors)} errors in the job spec:\n" + "\n".join(
-                str(i) for i in errors
-            )
+            message = f"{len(errors)} errors in the job spec:\n" + "\n".join(str(i) for i in errors)
         super().__init__(message)
 
 

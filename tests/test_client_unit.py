@@ -949,7 +949,7 @@ CANARY_CASES: dict[str, CanaryCase] = {
     ),
 }
 
-XFAIL_CANARY_CASES: dict[str, tuple[CanaryCase, str]] = {
+FIXED_CANARY_CASES: dict[str, tuple[CanaryCase, str]] = {
     "get-credits-401": (
         CanaryCase(
             echo_json(401, lambda k: env("bad key", "invalid_api_key")),
@@ -978,12 +978,9 @@ def texts_of(exc: BaseException, caplog: pytest.LogCaptureFixture) -> list[str]:
 
 
 def canary_params() -> list[Any]:
-    """The canary cases, with the known bugs marked strict xfail."""
+    """The canary cases, including those that once leaked (kept as regressions)."""
     params: list[Any] = [pytest.param(case, id=name) for name, case in CANARY_CASES.items()]
-    for name, (case, reason) in XFAIL_CANARY_CASES.items():
-        params.append(
-            pytest.param(case, id=name, marks=pytest.mark.xfail(strict=True, reason=reason))
-        )
+    params += [pytest.param(case, id=name) for name, (case, _why) in FIXED_CANARY_CASES.items()]
     return params
 
 
@@ -1022,10 +1019,6 @@ def test_auth_reprs_hide_secrets() -> None:
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: get_credits sends ?apikey=<key>; httpx's INFO 'HTTP Request' line logs it",
-)
 async def test_get_credits_logs_no_key(caplog: pytest.LogCaptureFixture) -> None:
     """A successful get_credits leaves no log record containing the key."""
     caplog.set_level(logging.DEBUG)

@@ -233,12 +233,6 @@ async def test_no_authorization_sent(tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Downloader passes httpx.Cookies(CookieJar(policy=_NoCookies())) and "
-    "AsyncClient copies it into a fresh CookieJar with the default policy, so Set-Cookie "
-    "is stored and replayed",
-)
 async def test_no_cookie_after_set_cookie(tmp_path: Path) -> None:
     """A cookie set by a result host is never sent back, on a redirect or a later download."""
     rec = Recorder(cookie_setter)
@@ -469,11 +463,6 @@ async def test_refused_url_hides_credentials() -> None:
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the downloader advertises Accept-Encoding gzip but saves aiter_raw() bytes, "
-    "so a gzip-encoded image is written compressed and rejected as NotAnImageError",
-)
 async def test_gzip_encoded_image(tmp_path: Path) -> None:
     """An image served with Content-Encoding: gzip is saved decoded (or never requested so)."""
     packed = gzip.compress(PNG)

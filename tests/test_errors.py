@@ -319,9 +319,6 @@ def test_no_class_shows_a_secret(cls: type[BatchgenError], secret: str) -> None:
         assert secret not in exc.url
 
 
-@pytest.mark.xfail(
-    strict=True, reason="BUG: BatchgenError.__init__ stores `code` unredacted; repr shows it"
-)
 def test_code_argument_is_redacted() -> None:
     """A secret in the code argument (e.g. echoed in error.code) does not reach repr."""
     exc = BadRequestError("refused", status=400, code=f"bad_key_{CANARY_KEY}")

@@ -122,11 +122,6 @@ def test_other_codes_are_business_errors(body: dict[str, Any], message: str) -> 
     assert info.value.status == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: unwrap only sees an envelope when 'data' or 'msg' is present; "
-    "{code: 1001, message: ...} falls through as a 'no task id' ResponseFormatError",
-)
 def test_business_error_with_only_message() -> None:
     """A body {code != 0, message} without msg or data is still a BusinessError."""
     with pytest.raises(BusinessError, match="quota gone"):

@@ -1,0 +1,738 @@
+"""The ledger: one SQLite file per job, the single source of truth for every task.
+
+Every state change is written here *before* the action it allows: a task is
+``submitting`` (committed) before its request leaves, and its remote id is committed
+as soon as the answer arrives. After a crash, a row still ``submitting`` may or may
+not have been charged: it becomes ``unknown`` and is never resubmitted silently.
+
+Writes go through one writer task that owns the connection and group-commits: callers
+queue a transition and await the commit that holds it. A batch is one transaction of a
+few ``executemany`` calls, so the ledger keeps up with thousands of transitions per
+second although each aiosqlite call costs a thread hop. Every transition also appends a
+row to ``events``, the audit trail. Schema changes are named migrations, each applied
+once in its own transaction and recorded in ``migrations``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import json
+import math
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import aiosqlite
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from batchgen.errors import LedgerError, redact
+
+__all__ = [
+    "LEDGER_NAME",
+    "Ledger",
+    "TaskRow",
+    "TaskState",
+    "Transition",
+]
+
+LEDGER_NAME: Final = "batchgen.sqlite"
+
+
+class TaskState(enum.StrEnum):
+    """Where a task is. See the README for the state diagram."""
+
+    PENDING = "pending"
+    SUBMITTING = "submitting"
+    RUNNING = "running"
+    DOWNLOADING = "downloading"
+    DONE = "done"
+    FAILED = "failed"
+    UNKNOWN = "unknown"
+
+
+_MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
+    (
+        "0001_initial",
+        """
+        CREATE TABLE tasks (
+            key TEXT PRIMARY KEY,
+            seq INTEGER NOT NULL,
+            endpoint TEXT NOT NULL,
+            model TEXT NOT NULL,
+            prompt TEXT NOT NULL,
+            request TEXT NOT NULL,
+            vars TEXT NOT NULL,
+            layout_path TEXT NOT NULL,
+            price REAL NOT NULL DEFAULT 0,
+            state TEXT NOT NULL DEFAULT 'pending',
+            remote_id TEXT,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            regenerations INTEGER NOT NULL DEFAULT 0,
+            error_code TEXT,
+            error_message TEXT,
+            charged REAL NOT NULL DEFAULT 0,
+            urls TEXT,
+            path TEXT,
+            bytes INTEGER,
+            sha256 TEXT,
+            files TEXT,
+            next_at REAL,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            submitted_at REAL,
+            finished_at REAL,
+            last_run INTEGER
+        );
+        CREATE INDEX tasks_state_seq ON tasks(state, seq);
+        CREATE TABLE events (
+            id INTEGER PRIMARY KEY,
+            at REAL NOT NULL,
+            run INTEGER,
+            key TEXT NOT NULL,
+            state TEXT NOT NULL,
+            detail TEXT
+        );
+        CREATE INDEX events_key ON events(key);
+        CREATE TABLE runs (
+            id INTEGER PRIMARY KEY,
+            started_at REAL NOT NULL,
+            finished_at REAL,
+            argv TEXT,
+            spec_digest TEXT,
+            spec_tasks INTEGER,
+            summary TEXT
+        );
+        """,
+    ),
+)
+
+# Columns a transition may set. Each is written as ``CASE WHEN ? THEN ? ELSE col END``
+# so one statement template serves every transition and executemany keeps their order.
+_MUTABLE: Final = (
+    "state",
+    "remote_id",
+    "attempts",
+    "regenerations",
+    "error_code",
+    "error_message",
+    "charged",
+    "urls",
+    "path",
+    "bytes",
+    "sha256",
+    "files",
+    "next_at",
+    "submitted_at",
+    "finished_at",
+)
+_UPDATE_SQL: Final = (
+    "UPDATE tasks SET "
+    + ", ".join(f"{c} = CASE WHEN ? THEN ? ELSE {c} END" for c in _MUTABLE)
+    + ", updated_at = ? WHERE key = ?"
+)
+_EVENT_SQL: Final = "INSERT INTO events (at, run, key, state, detail) VALUES (?, ?, ?, ?, ?)"
+_INSERT_SQL: Final = (
+    "INSERT INTO tasks (key, seq, endpoint, model, prompt, request, vars, layout_path, price,"
+    " state, created_at, updated_at, last_run)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)"
+    " ON CONFLICT(key) DO NOTHING"
+)
+_REFRESH_SQL: Final = (
+    "UPDATE tasks SET seq = ?, layout_path = ?, price = ?, last_run = ? WHERE key = ?"
+)
+
+_UNSET: Final = object()
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRow:
+    """One task as the ledger holds it."""
+
+    key: str
+    seq: int
+    endpoint: str
+    model: str
+    prompt: str
+    request: Mapping[str, Any] = field(repr=False)
+    vars: Mapping[str, Any]
+    layout_path: str
+    price: float
+    state: TaskState
+    remote_id: str | None
+    attempts: int
+    regenerations: int
+    error_code: str | None
+    error_message: str | None
+    charged: float
+    urls: tuple[str, ...]
+    path: str | None
+    bytes: int | None
+    sha256: str | None
+    files: tuple[Mapping[str, Any], ...]
+    next_at: float | None
+    created_at: float
+    updated_at: float
+    submitted_at: float | None
+    finished_at: float | None
+    last_run: int | None
+
+
+_ROW_COLUMNS: Final = (
+    "key, seq, endpoint, model, prompt, request, vars, layout_path, price, state, remote_id,"
+    " attempts, regenerations, error_code, error_message, charged, urls, path, bytes, sha256,"
+    " files, next_at, created_at, updated_at, submitted_at, finished_at, last_run"
+)
+
+
+def _row(r: Sequence[Any]) -> TaskRow:
+    return TaskRow(
+        key=r[0],
+        seq=r[1],
+        endpoint=r[2],
+        model=r[3],
+        prompt=r[4],
+        request=json.loads(r[5]),
+        vars=json.loads(r[6]),
+        layout_path=r[7],
+        price=r[8],
+        state=TaskState(r[9]),
+        remote_id=r[10],
+        attempts=r[11],
+        regenerations=r[12],
+        error_code=r[13],
+        error_message=r[14],
+        charged=r[15],
+        urls=tuple(json.loads(r[16])) if r[16] else (),
+        path=r[17],
+        bytes=r[18],
+        sha256=r[19],
+        files=tuple(json.loads(r[20])) if r[20] else (),
+        next_at=r[21],
+        created_at=r[22],
+        updated_at=r[23],
+        submitted_at=r[24],
+        finished_at=r[25],
+        last_run=r[26],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class NewTask:
+    """A task to insert (or refresh) from the spec's expansion."""
+
+    key: str
+    seq: int
+    endpoint: str
+    model: str
+    prompt: str
+    request: Mapping[str, Any]
+    vars: Mapping[str, Any]
+    layout_path: str
+    price: float
+
+
+class Transition:
+    """A change to one task row: the new state, the columns to set, and the event detail.
+
+    Only the columns given are written; pass ``None`` to clear a column.
+    """
+
+    __slots__ = ("detail", "key", "state", "values")
+
+    def __init__(self, key: str, state: TaskState, *, detail: str = "", **values: Any) -> None:
+        unknown = set(values) - set(_MUTABLE)
+        if unknown:
+            raise ValueError(f"not a mutable task column: {sorted(unknown)}")
+        self.key = key
+        self.state = state
+        self.detail = redact(detail)
+        self.values = values
+
+    def params(self, now: float) -> list[Any]:
+        """The parameters of the shared UPDATE statement."""
+        out: list[Any] = []
+        for column in _MUTABLE:
+            if column == "state":
+                out += [1, self.state.value]
+                continue
+            value = self.values.get(column, _UNSET)
+            if value is _UNSET:
+                out += [0, None]
+            else:
+                if column in ("urls", "files") and value is not None:
+                    value = json.dumps(list(value), separators=(",", ":"))
+                elif column == "error_message" and value is not None:
+                    value = redact(str(value))[:2000]
+                out += [1, value]
+        out += [now, self.key]
+        return out
+
+
+@dataclass(slots=True)
+class _Op:
+    transition: Transition | None
+    custom: Callable[[aiosqlite.Connection], Awaitable[Any]] | None
+    done: anyio.Event
+    result: Any = None
+    error: BaseException | None = None
+
+
+class Ledger:
+    """The job's ledger. Open with ``async with Ledger.open(path) as ledger``."""
+
+    def __init__(self, conn: aiosqlite.Connection, path: Path) -> None:
+        self._conn = conn
+        self.path = path
+        self.run_id: int | None = None
+        self._send: MemoryObjectSendStream[_Op] | None = None
+        self.transitions_written = 0
+        self.batches_written = 0
+
+    # --- opening --------------------------------------------------------------------
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, path: Path, *, create: bool = True) -> AsyncIterator[Ledger]:
+        """Open (creating and migrating) the ledger at ``path`` and start its writer.
+
+        Raises LedgerError when the file is not a batchgen ledger or cannot be used.
+        """
+        if not create and not path.exists():
+            raise LedgerError(f"no ledger at {path}: nothing has run yet")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            conn = await aiosqlite.connect(path, isolation_level=None)
+        except (OSError, aiosqlite.Error) as exc:
+            raise LedgerError(f"cannot open the ledger {path}: {exc}") from None
+        try:
+            ledger = cls(conn, path)
+            await ledger._setup()
+            send, receive = anyio.create_memory_object_stream[_Op](10_000)
+            ledger._send = send
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(ledger._writer, receive)
+                try:
+                    yield ledger
+                finally:
+                    send.close()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await conn.close()
+
+    async def _setup(self) -> None:
+        conn = self._conn
+        try:
+            await conn.execute("PRAGMA journal_mode=WAL")
+            # FULL: a committed intent survives power loss too; group commit makes the
+            # fsync cheap next to any rate limit.
+            await conn.execute("PRAGMA synchronous=FULL")
+            await conn.execute("PRAGMA busy_timeout=5000")
+            await conn.execute("PRAGMA foreign_keys=ON")
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at REAL)"
+            )
+            async with conn.execute("SELECT name FROM migrations") as cur:
+                applied = {r[0] for r in await cur.fetchall()}
+            for name, script in _MIGRATIONS:
+                if name in applied:
+                    continue
+                await conn.execute("BEGIN IMMEDIATE")
+                try:
+                    for statement in script.split(";"):
+                        if statement.strip():
+                            await conn.execute(statement)
+                    await conn.execute(
+                        "INSERT INTO migrations (name, applied_at) VALUES (?, ?)",
+                        (name, time.time()),
+                    )
+                    await conn.execute("COMMIT")
+                except BaseException:
+                    await conn.execute("ROLLBACK")
+                    raise
+        except aiosqlite.Error as exc:
+            raise LedgerError(f"{self.path} is not a usable batchgen ledger: {exc}") from None
+
+    # --- the writer ------------------------------------------------------------------
+
+    async def _writer(self, receive: MemoryObjectReceiveStream[_Op]) -> None:
+        async with receive:
+            async for first in receive:
+                batch = [first]
+                while len(batch) < 5000:
+                    try:
+                        batch.append(receive.receive_nowait())
+                    except (anyio.WouldBlock, anyio.EndOfStream):
+                        break
+                with anyio.CancelScope(shield=True):
+                    await self._commit(batch)
+
+    async def _commit(self, batch: list[_Op]) -> None:
+        conn = self._conn
+        now = time.time()
+        error: BaseException | None = None
+        try:
+            await conn.execute("BEGIN IMMEDIATE")
+            updates: list[list[Any]] = []
+            events: list[tuple[Any, ...]] = []
+            for op in batch:
+                if op.transition is not None:
+                    t = op.transition
+                    updates.append(t.params(now))
+                    events.append((now, self.run_id, t.key, t.state.value, t.detail or None))
+                    continue
+                assert op.custom is not None
+                if updates:
+                    await conn.executemany(_UPDATE_SQL, updates)
+                    await conn.executemany(_EVENT_SQL, events)
+                    updates, events = [], []
+                op.result = await op.custom(conn)
+            if updates:
+                await conn.executemany(_UPDATE_SQL, updates)
+                await conn.executemany(_EVENT_SQL, events)
+            await conn.execute("COMMIT")
+            self.transitions_written += sum(1 for op in batch if op.transition is not None)
+            self.batches_written += 1
+        except BaseException as exc:  # the batch failed as a whole: tell every waiter
+            error = exc
+            with contextlib.suppress(aiosqlite.Error):
+                await conn.execute("ROLLBACK")
+        for op in batch:
+            if error is not None:
+                op.error = (
+                    LedgerError(f"ledger write failed: {redact(str(error))}")
+                    if isinstance(error, aiosqlite.Error | OSError)
+                    else error
+                )
+            op.done.set()
+
+    async def _submit(self, op: _Op) -> Any:
+        if self._send is None:
+            raise LedgerError("the ledger is closed")
+        await self._send.send(op)
+        await op.done.wait()
+        if op.error is not None:
+            raise op.error
+        return op.result
+
+    async def write(self, *transitions: Transition) -> None:
+        """Queue transitions and return once the commit that holds them is durable."""
+        ops = [_Op(t, None, anyio.Event()) for t in transitions]
+        if self._send is None:
+            raise LedgerError("the ledger is closed")
+        for op in ops:
+            await self._send.send(op)
+        for op in ops:
+            await op.done.wait()
+            if op.error is not None:
+                raise op.error
+
+    async def run_in_writer(self, fn: Callable[[aiosqlite.Connection], Awaitable[Any]]) -> Any:
+        """Run ``fn(conn)`` inside the writer's next transaction, in queue order."""
+        return await self._submit(_Op(None, fn, anyio.Event()))
+
+    # --- runs ---------------------------------------------------------------------------
+
+    async def begin_run(self, *, argv: Sequence[str], spec_digest: str) -> int:
+        """Record the start of a run; returns its id (also kept on ``run_id``)."""
+
+        async def insert(conn: aiosqlite.Connection) -> int:
+            cur = await conn.execute(
+                "INSERT INTO runs (started_at, argv, spec_digest) VALUES (?, ?, ?)",
+                (time.time(), redact(json.dumps(list(argv))), spec_digest),
+            )
+            return int(cur.lastrowid or 0)
+
+        self.run_id = int(await self.run_in_writer(insert))
+        return self.run_id
+
+    async def end_run(self, summary: Mapping[str, Any]) -> None:
+        """Record the end of the current run and its summary."""
+        run_id = self.run_id
+
+        async def update(conn: aiosqlite.Connection) -> None:
+            await conn.execute(
+                "UPDATE runs SET finished_at = ?, summary = ? WHERE id = ?",
+                (time.time(), redact(json.dumps(summary, default=str)), run_id),
+            )
+
+        await self.run_in_writer(update)
+
+    async def last_synced(self) -> tuple[str | None, int | None]:
+        """The spec digest and task count of the last run that finished syncing."""
+        async with self._conn.execute(
+            "SELECT spec_digest, spec_tasks FROM runs WHERE spec_tasks IS NOT NULL"
+            " ORDER BY id DESC LIMIT 1"
+        ) as cur:
+            row = await cur.fetchone()
+        return (row[0], row[1]) if row else (None, None)
+
+    # --- syncing the spec -------------------------------------------------------------
+
+    async def sync(self, tasks: Iterable[NewTask], *, batch: int = 2000) -> tuple[int, int]:
+        """Insert new tasks and refresh known ones; returns (added, total seen).
+
+        Rows already in the ledger keep their state; their order, output path and
+        price follow the current spec. Tasks no longer in the spec are left alone
+        (see :meth:`count_not_in_run`).
+        """
+        run_id = self.run_id
+        added = 0
+        seen = 0
+        chunk: list[tuple[Any, ...]] = []
+
+        async def flush(rows: list[tuple[Any, ...]]) -> int:
+            async def ins(conn: aiosqlite.Connection) -> int:
+                before = conn.total_changes
+                await conn.executemany(_INSERT_SQL, rows)
+                inserted = conn.total_changes - before
+                await conn.executemany(
+                    _REFRESH_SQL, [(r[1], r[7], r[8], r[11], r[0]) for r in rows]
+                )
+                return inserted
+
+            return int(await self.run_in_writer(ins))
+
+        now = time.time()
+        for t in tasks:
+            chunk.append(
+                (
+                    t.key,
+                    t.seq,
+                    t.endpoint,
+                    t.model,
+                    t.prompt,
+                    json.dumps(t.request, separators=(",", ":"), sort_keys=True),
+                    json.dumps(t.vars, separators=(",", ":"), sort_keys=True),
+                    t.layout_path,
+                    t.price,
+                    now,
+                    now,
+                    run_id,
+                )
+            )
+            seen += 1
+            if len(chunk) >= batch:
+                added += await flush(chunk)
+                chunk = []
+        if chunk:
+            added += await flush(chunk)
+
+        async def mark(conn: aiosqlite.Connection) -> None:
+            await conn.execute("UPDATE runs SET spec_tasks = ? WHERE id = ?", (seen, run_id))
+
+        await self.run_in_writer(mark)
+        return added, seen
+
+    async def touch_all(self) -> None:
+        """Mark every task as part of this run (the spec did not change since last sync)."""
+        run_id = self.run_id
+
+        async def upd(conn: aiosqlite.Connection) -> None:
+            async with conn.execute(
+                "SELECT spec_tasks FROM runs WHERE spec_tasks IS NOT NULL ORDER BY id DESC LIMIT 1"
+            ) as cur:
+                row = await cur.fetchone()
+            await conn.execute(
+                "UPDATE runs SET spec_tasks = ? WHERE id = ?", (row[0] if row else None, run_id)
+            )
+            await conn.execute(
+                "UPDATE tasks SET last_run = ? WHERE last_run = (SELECT MAX(last_run) FROM tasks)",
+                (run_id,),
+            )
+
+        await self.run_in_writer(upd)
+
+    async def count_not_in_run(self) -> int:
+        """Tasks in the ledger that the current spec no longer lists."""
+        async with self._conn.execute(
+            "SELECT COUNT(*) FROM tasks WHERE last_run IS NOT ? ", (self.run_id,)
+        ) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    # --- bulk changes ---------------------------------------------------------------------
+
+    async def bulk_set_state(
+        self,
+        *,
+        from_states: Sequence[TaskState],
+        to_state: TaskState,
+        detail: str,
+        where: str = "",
+        params: Sequence[Any] = (),
+        in_run: bool = False,
+        reset_attempts: bool = False,
+        clear_error: bool = False,
+        error: tuple[str, str] | None = None,
+    ) -> int:
+        """Move every matching task to ``to_state`` with an event each; returns the count.
+
+        ``where`` is an extra SQL condition over fixed column names (values bound via
+        ``params``); ``in_run`` restricts to tasks of the current spec.
+        """
+        run_id = self.run_id
+        placeholders = ", ".join("?" for _ in from_states)
+        cond = f"state IN ({placeholders})"
+        args: list[Any] = [s.value for s in from_states]
+        if in_run:
+            cond += " AND last_run IS ?"
+            args.append(run_id)
+        if where:
+            cond += f" AND ({where})"
+            args.extend(params)
+        sets = "state = ?, updated_at = ?"
+        if reset_attempts:
+            sets += ", attempts = 0"
+        set_args: list[Any] = []
+        if clear_error:
+            sets += ", error_code = NULL, error_message = NULL"
+        elif error is not None:
+            sets += ", error_code = ?, error_message = ?"
+            set_args += [error[0], redact(error[1])]
+        now = time.time()
+
+        async def apply(conn: aiosqlite.Connection) -> int:
+            await conn.execute(
+                "INSERT INTO events (at, run, key, state, detail)"
+                f" SELECT ?, ?, key, ?, ? FROM tasks WHERE {cond}",
+                (now, run_id, to_state.value, detail, *args),
+            )
+            cur = await conn.execute(
+                f"UPDATE tasks SET {sets} WHERE {cond}", (to_state.value, now, *set_args, *args)
+            )
+            return int(cur.rowcount)
+
+        return int(await self.run_in_writer(apply))
+
+    # --- reads ------------------------------------------------------------------------------
+
+    async def page(
+        self,
+        states: Sequence[TaskState],
+        *,
+        after_seq: int = -1,
+        limit: int = 500,
+        in_run: bool = True,
+        where: str = "",
+        params: Sequence[Any] = (),
+    ) -> list[TaskRow]:
+        """Tasks in ``states`` with ``seq > after_seq``, in seq order, at most ``limit``."""
+        placeholders = ", ".join("?" for _ in states)
+        sql = f"SELECT {_ROW_COLUMNS} FROM tasks WHERE state IN ({placeholders}) AND seq > ?"
+        args: list[Any] = [s.value for s in states] + [after_seq]
+        if in_run:
+            sql += " AND last_run IS ?"
+            args.append(self.run_id)
+        if where:
+            sql += f" AND ({where})"
+            args.extend(params)
+        sql += " ORDER BY seq LIMIT ?"
+        args.append(limit)
+        async with self._conn.execute(sql, args) as cur:
+            return [_row(r) for r in await cur.fetchall()]
+
+    async def iter_rows(
+        self, states: Sequence[TaskState] | None = None, *, in_run: bool = False, page: int = 1000
+    ) -> AsyncIterator[TaskRow]:
+        """Every task (in ``states``), in seq order, read a page at a time."""
+        wanted = list(states) if states is not None else list(TaskState)
+        after = -1
+        while True:
+            rows = await self.page(wanted, after_seq=after, limit=page, in_run=in_run)
+            if not rows:
+                return
+            for row in rows:
+                yield row
+            after = rows[-1].seq
+
+    async def done_files(
+        self, *, page: int = 5000
+    ) -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
+        """``(key, files)`` of every done task of this run; a light query for start-up."""
+        after = -1
+        while True:
+            async with self._conn.execute(
+                "SELECT key, seq, files FROM tasks WHERE state = 'done' AND seq > ?"
+                " AND last_run IS ? ORDER BY seq LIMIT ?",
+                (after, self.run_id, page),
+            ) as cur:
+                rows = await cur.fetchall()
+            if not rows:
+                return
+            for key, seq, files in rows:
+                after = seq
+                yield str(key), json.loads(files) if files else []
+
+    async def get(self, key: str) -> TaskRow | None:
+        """One task by key."""
+        async with self._conn.execute(
+            f"SELECT {_ROW_COLUMNS} FROM tasks WHERE key = ?", (key,)
+        ) as cur:
+            row = await cur.fetchone()
+        return _row(row) if row else None
+
+    async def counts(self, *, in_run: bool = False) -> dict[str, int]:
+        """Tasks per state (every state present, zero included)."""
+        sql = "SELECT state, COUNT(*) FROM tasks"
+        args: tuple[Any, ...] = ()
+        if in_run:
+            sql += " WHERE last_run IS ?"
+            args = (self.run_id,)
+        sql += " GROUP BY state"
+        out = {s.value: 0 for s in TaskState}
+        async with self._conn.execute(sql, args) as cur:
+            for state, count in await cur.fetchall():
+                out[str(state)] = int(count)
+        return out
+
+    async def failures_by_code(self) -> dict[str, int]:
+        """Failed and unknown tasks per error code."""
+        out: dict[str, int] = {}
+        async with self._conn.execute(
+            "SELECT COALESCE(error_code, 'unknown'), COUNT(*) FROM tasks"
+            " WHERE state IN ('failed', 'unknown') GROUP BY 1 ORDER BY 2 DESC"
+        ) as cur:
+            for code, count in await cur.fetchall():
+                out[str(code)] = int(count)
+        return out
+
+    async def totals(self) -> dict[str, float]:
+        """Money: ``spent`` (charged, not refunded), ``planned`` (price of every task)."""
+        async with self._conn.execute(
+            "SELECT COALESCE(SUM(charged), 0), COALESCE(SUM(price), 0),"
+            " COALESCE(SUM(CASE WHEN state NOT IN ('done') THEN price ELSE 0 END), 0),"
+            " COALESCE(SUM(regenerations), 0) FROM tasks"
+        ) as cur:
+            row = await cur.fetchone()
+        assert row is not None
+        return {
+            "spent": round(float(row[0]), 6),
+            "planned": round(float(row[1]), 6),
+            "remaining": round(float(row[2]), 6),
+            "regenerations": float(row[3]),
+        }
+
+    async def events_for(self, key: str) -> list[tuple[float, str, str | None]]:
+        """The audit trail of one task: (time, state, detail)."""
+        async with self._conn.execute(
+            "SELECT at, state, detail FROM events WHERE key = ? ORDER BY id", (key,)
+        ) as cur:
+            return [(float(a), str(s), d) for a, s, d in await cur.fetchall()]
+
+    async def integrity_check(self) -> str:
+        """``PRAGMA integrity_check``: ``ok`` when the file is sound."""
+        async with self._conn.execute("PRAGMA integrity_check") as cur:
+            row = await cur.fetchone()
+        return str(row[0]) if row else "no answer"
+
+
+def finite_or_none(value: float | None) -> float | None:
+    """``None`` for NaN/inf: SQLite would store them, JSON could not carry them."""
+    if value is None or not math.isfinite(value):
+        return None
+    return value

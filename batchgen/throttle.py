@@ -1,0 +1,433 @@
+"""Pacing under the service's rate limits, shared by every worker of a run.
+
+Three mechanisms, each a small class with an injectable clock so tests need no
+sleeping:
+
+- :class:`TokenBucket` paces requests at a rate (the spec's ``requests_per_minute``,
+  or the rate :class:`RateEstimator` discovers) with a burst.
+- :class:`AdaptiveLimit` bounds the tasks in flight at the service: cut
+  multiplicatively on congestion (429, timeout), grown additively on success (AIMD).
+- :class:`Throttle` ties them to a shared cooldown: a 429 pauses every worker of the
+  run together, until ``Retry-After`` when the service sends it, else for a
+  full-jitter exponential backoff (:func:`full_jitter`).
+
+The delay computations are pure functions of their inputs; only :meth:`Throttle.acquire`
+and :meth:`AdaptiveLimit.acquire` sleep.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+import anyio
+
+__all__ = [
+    "AdaptiveLimit",
+    "BackoffPolicy",
+    "ParkedError",
+    "RateEstimator",
+    "Throttle",
+    "TokenBucket",
+    "full_jitter",
+]
+
+Clock = Callable[[], float]
+
+#: Slowest rate batchgen will pace at: one request every ten minutes.
+MIN_RATE: Final = 1.0 / 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class BackoffPolicy:
+    """Full-jitter exponential backoff: ``uniform(0, min(cap, base * 2**n))``."""
+
+    base: float = 0.5
+    cap: float = 60.0
+
+
+def full_jitter(policy: BackoffPolicy, attempt: int, rng: random.Random) -> float:
+    """The delay before retry number ``attempt`` (0-based). Never negative."""
+    ceiling = min(policy.cap, policy.base * (2.0 ** min(attempt, 62)))
+    return rng.uniform(0.0, max(0.0, ceiling))
+
+
+class ParkedError(Exception):
+    """The service asked for a pause longer than the run will wait (``max_retry_after``)."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        super().__init__(f"the service asked to wait {delay:,.0f}s")
+
+
+class TokenBucket:
+    """A token bucket that hands out reservations: ``reserve()`` returns the wait.
+
+    Tokens may go negative: each reservation takes the next free slot, so concurrent
+    callers are paced one after another rather than all retrying at once. ``rate`` is
+    in tokens per second; ``None`` means unlimited.
+    """
+
+    def __init__(self, rate: float | None, burst: float = 1.0, *, clock: Clock) -> None:
+        self._clock = clock
+        self._rate = rate
+        self.burst = max(1.0, burst)
+        self._tokens = self.burst
+        self._stamp = clock()
+
+    @property
+    def rate(self) -> float | None:
+        """Tokens per second, or ``None`` when unlimited."""
+        return self._rate
+
+    def set_rate(self, rate: float | None, *, burst: float | None = None) -> None:
+        """Change the rate (and burst); reservations already handed out stand."""
+        self._refill()
+        self._rate = None if rate is None else max(MIN_RATE, rate)
+        if burst is not None:
+            self.burst = max(1.0, burst)
+            self._tokens = min(self._tokens, self.burst)
+
+    def drain(self) -> None:
+        """Empty the bucket: the service just said it is out of tokens."""
+        self._refill()
+        self._tokens = min(self._tokens, 0.0)
+
+    def _refill(self) -> None:
+        now = self._clock()
+        if self._rate is not None:
+            self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self._rate)
+        self._stamp = now
+
+    def reserve(self) -> float:
+        """Take one token; return how long the caller must wait before using it."""
+        if self._rate is None:
+            return 0.0
+        self._refill()
+        self._tokens -= 1.0
+        if self._tokens >= 0.0:
+            return 0.0
+        return -self._tokens / self._rate
+
+    def refund(self) -> None:
+        """Give back a reservation that was not used (the caller was cancelled)."""
+        if self._rate is not None:
+            self._refill()
+            self._tokens = min(self.burst, self._tokens + 1.0)
+
+
+class RateEstimator:
+    """Finds the service's submission rate when the spec does not give one.
+
+    It counts accepted requests and 429s in windows long enough for ``samples``
+    accepts. A window with 429s in which batchgen sent faster than the service
+    accepted before means the limit was hit, and the accepted count over the window
+    *is* the service's rate: the estimate becomes a little under it (``margin``) and
+    that figure is remembered as the ceiling. 429s that come while batchgen already
+    sends at or under the ceiling are not caused by its pace (an upstream that is
+    busy at random), so they do not cut the rate: without that test a random 10% of
+    429s would ratchet the rate down to nothing. A clean window probes upward by
+    ``growth``. Before the first 429 the rate is unlimited.
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: Clock,
+        margin: float = 0.95,
+        growth: float = 1.05,
+        min_window: float = 2.0,
+        samples_per_window: int = 20,
+    ) -> None:
+        self._clock = clock
+        self.margin = margin
+        self.growth = growth
+        self.min_window = min_window
+        self.samples = samples_per_window
+        self.rate: float | None = None
+        self.ceiling: float | None = None
+        self._window_start = clock()
+        self._accepted = 0
+        self._limited = 0
+        self._accept_times: collections.deque[float] = collections.deque(maxlen=4096)
+
+    def window(self) -> float:
+        """The current window length: long enough to hold ``samples`` accepts."""
+        if self.rate is None:
+            return self.min_window
+        return max(self.min_window, self.samples / self.rate)
+
+    def on_accepted(self) -> float | None:
+        """Record an accepted request; return the new rate when it changes."""
+        self._accepted += 1
+        self._accept_times.append(self._clock())
+        return self._maybe_close()
+
+    def on_rate_limited(self) -> float | None:
+        """Record a 429; return the new rate when it changes."""
+        now = self._clock()
+        self._limited += 1
+        if self.rate is None:
+            # First sign of a limit. The accepts of the last second include the
+            # service's initial burst, so this overestimates; the first window then
+            # measures the real rate (it is sure to see 429s).
+            recent = sum(1 for t in self._accept_times if t >= now - 1.0)
+            self.rate = max(1.0 / 60.0, recent * self.margin)
+            self._reset(now)
+            return self.rate
+        return self._maybe_close()
+
+    def _maybe_close(self) -> float | None:
+        now = self._clock()
+        elapsed = now - self._window_start
+        if self.rate is None or elapsed < self.window():
+            return None
+        accepted_rate = self._accepted / elapsed
+        sent_rate = (self._accepted + self._limited) / elapsed
+        before = self.rate
+        if self._limited:
+            if self.ceiling is None or sent_rate > self.ceiling * 1.02:
+                self.ceiling = max(MIN_RATE, accepted_rate)
+                self.rate = max(MIN_RATE, min(self.rate, accepted_rate) * self.margin)
+        elif self._accepted >= 0.8 * self.rate * elapsed:
+            # Probe upward only when the window actually used the rate it had.
+            self.rate = self.rate * self.growth
+        self._reset(now)
+        return self.rate if self.rate != before else None
+
+    def _reset(self, now: float) -> None:
+        self._window_start = now
+        self._accepted = 0
+        self._limited = 0
+
+
+class AdaptiveLimit:
+    """An AIMD limit on tasks in flight, shared by every submitter.
+
+    ``acquire()`` waits for a free slot; ``release()`` frees one. ``on_success`` grows
+    the limit by one per ``limit`` successes; ``on_congestion`` multiplies it by
+    ``decrease`` (floor 1), at most once per ``hold`` seconds so one burst of 429s
+    counts as one signal.
+    """
+
+    def __init__(
+        self,
+        maximum: int,
+        *,
+        initial: int | None = None,
+        decrease: float = 0.7,
+        hold: float = 1.0,
+        clock: Clock,
+    ) -> None:
+        self.maximum = max(1, maximum)
+        self.limit = float(min(self.maximum, initial or self.maximum))
+        self.decrease = decrease
+        self.hold = hold
+        self._clock = clock
+        self._last_cut = -math.inf
+        self.in_use = 0
+        self._changed = anyio.Event()
+
+    @property
+    def current(self) -> int:
+        """The limit as a whole number of slots."""
+        return max(1, int(self.limit))
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def acquire(self) -> None:
+        """Wait until a slot is free, then take it."""
+        while self.in_use >= self.current:
+            await self._changed.wait()
+        self.in_use += 1
+
+    def release(self) -> None:
+        """Free a slot taken by :meth:`acquire`."""
+        self.in_use = max(0, self.in_use - 1)
+        self._notify()
+
+    def on_success(self) -> None:
+        """Additive increase: +1 slot per window of ``limit`` successes."""
+        if self.limit < self.maximum:
+            before = self.current
+            self.limit = min(float(self.maximum), self.limit + 1.0 / self.limit)
+            if self.current != before:
+                self._notify()
+
+    def on_congestion(self) -> bool:
+        """Multiplicative decrease; returns whether a cut happened."""
+        now = self._clock()
+        if now - self._last_cut < self.hold:
+            return False
+        self._last_cut = now
+        self.limit = max(1.0, self.limit * self.decrease)
+        return True
+
+
+class Throttle:
+    """The shared pacing of one kind of request (submissions, or polls).
+
+    ``acquire()`` returns when the caller may send: after the shared cooldown and its
+    token-bucket reservation. Report every outcome: :meth:`on_success`,
+    :meth:`on_rate_limited` or :meth:`on_failure` (or :meth:`on_abandoned`). With
+    ``rate_per_minute=None`` the rate is discovered.
+
+    Failures that are not 429s (5xx, connection failures, timeouts) feed a circuit
+    breaker: after ``breaker_threshold`` in a row the service is taken to be down,
+    every caller waits out a growing shared pause, and only one request at a time
+    probes it until one succeeds. Failures while the breaker is open are the
+    outage's, not the task's: :meth:`on_failure` says so, so a minute-long outage does
+    not use up every task's attempts.
+    """
+
+    def __init__(
+        self,
+        *,
+        rate_per_minute: float | None,
+        burst: float | None = None,
+        discover: bool = True,
+        backoff: BackoffPolicy | None = None,
+        breaker_backoff: BackoffPolicy | None = None,
+        breaker_threshold: int = 3,
+        max_pause: float = 600.0,
+        rng: random.Random | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self._clock: Clock = clock or anyio.current_time
+        self._rng = rng or random.Random()
+        self.backoff = backoff or BackoffPolicy()
+        self.breaker_backoff = breaker_backoff or BackoffPolicy(base=1.0, cap=60.0)
+        self.breaker_threshold = breaker_threshold
+        self.max_pause = max_pause
+        rate = None if rate_per_minute is None else rate_per_minute / 60.0
+        self.bucket = TokenBucket(rate, burst if burst is not None else 1.0, clock=self._clock)
+        self.estimator = RateEstimator(clock=self._clock) if rate is None and discover else None
+        self.paused_until = -math.inf
+        self.consecutive_limited = 0
+        self.consecutive_failures = 0
+        self.rate_limited = 0
+        self._probing = False
+        self._changed = anyio.Event()
+
+    @property
+    def rate_per_minute(self) -> float | None:
+        """The pacing rate in requests per minute (``None``: not limited yet)."""
+        rate = self.bucket.rate
+        return None if rate is None else rate * 60.0
+
+    @property
+    def breaker_open(self) -> bool:
+        """Whether the service is taken to be down (only probes go out)."""
+        return self.consecutive_failures >= self.breaker_threshold
+
+    def cooldown_remaining(self) -> float:
+        """Seconds until the shared cooldown ends (0 when not cooling down)."""
+        return max(0.0, self.paused_until - self._clock())
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def _wait_clear(self) -> None:
+        while True:
+            remaining = self.cooldown_remaining()
+            if remaining > 0:
+                with anyio.move_on_after(remaining):
+                    await self._changed.wait()
+                continue
+            if self.breaker_open and self._probing:
+                await self._changed.wait()
+                continue
+            return
+
+    async def acquire(self) -> None:
+        """Wait for the cooldown, the breaker and a token; cancellation gives it back."""
+        await self._wait_clear()
+        wait = self.bucket.reserve()
+        if wait > 0:
+            try:
+                await anyio.sleep(wait)
+            except BaseException:
+                self.bucket.refund()
+                raise
+        # A 429 seen by another caller while we slept pauses us too.
+        await self._wait_clear()
+        if self.breaker_open:
+            self._probing = True
+
+    def _settle(self) -> None:
+        if self._probing:
+            self._probing = False
+            self._notify()
+
+    def on_success(self) -> None:
+        """An accepted request: close the breaker, reset backoff, feed the estimator."""
+        self.consecutive_limited = 0
+        if self.consecutive_failures:
+            self.consecutive_failures = 0
+            self.paused_until = min(self.paused_until, self._clock())
+        self._settle()
+        if self.estimator is not None:
+            rate = self.estimator.on_accepted()
+            if rate is not None:
+                self.bucket.set_rate(rate)
+
+    def on_abandoned(self) -> None:
+        """The caller acquired but never learned the outcome (cancelled)."""
+        self._settle()
+
+    def pause_for(self, retry_after: float | None) -> float:
+        """The pause a 429 calls for: ``Retry-After`` if given, else full jitter.
+
+        Pure apart from the random draw; changes no state.
+        """
+        if retry_after is not None:
+            return retry_after
+        rate = self.bucket.rate
+        policy = self.backoff
+        if rate is not None:
+            # Back off in units of the pacing interval, so a fast limit is not
+            # punished with pauses meant for a slow one.
+            policy = BackoffPolicy(base=min(policy.base, max(0.05, 1.0 / rate)), cap=policy.cap)
+        return full_jitter(policy, self.consecutive_limited, self._rng)
+
+    def on_rate_limited(self, retry_after: float | None) -> float:
+        """A 429: pause every caller, adjust the rate. Returns the pause in seconds.
+
+        Raises ParkedError when the service asks for longer than ``max_pause``.
+        """
+        self.rate_limited += 1
+        self._settle()
+        if retry_after is not None and retry_after > self.max_pause:
+            raise ParkedError(retry_after)
+        delay = self.pause_for(retry_after)
+        self.consecutive_limited += 1
+        self.paused_until = max(self.paused_until, self._clock() + delay)
+        self.bucket.drain()
+        if self.estimator is not None:
+            rate = self.estimator.on_rate_limited()
+            if rate is not None:
+                self.bucket.set_rate(rate)
+        return delay
+
+    def on_failure(self) -> bool:
+        """A 5xx, connection failure or timeout. Returns whether it counts for the task.
+
+        It does not count when the breaker was already open: the service is down.
+        """
+        counted = not self.breaker_open
+        self.consecutive_failures += 1
+        self._settle()
+        if self.breaker_open:
+            n = self.consecutive_failures - self.breaker_threshold
+            ceiling = min(self.breaker_backoff.cap, self.breaker_backoff.base * 2.0 ** min(n, 30))
+            # Equal jitter: never less than half the step, so probes really spread out.
+            delay = ceiling / 2 + self._rng.uniform(0.0, ceiling / 2)
+            self.paused_until = max(self.paused_until, self._clock() + delay)
+        return counted
