@@ -54,7 +54,7 @@ from batchgen.sim.wire import (
     spell_status,
 )
 
-__all__ = ["ConnectionDrop", "SimApp", "create_app"]
+__all__ = ["SimApp", "create_app"]
 
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]

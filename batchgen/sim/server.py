@@ -141,6 +141,9 @@ class SimServer:
             proxy_headers=False,
             server_header=False,
             timeout_graceful_shutdown=2,
+            # Like nginx in front of the real gateway (75 s): a client keeping idle
+            # connections for 30 s must never race the server closing them.
+            timeout_keep_alive=75,
         )
         self._uvicorn = _EmbeddedServer(uv_config)
 
