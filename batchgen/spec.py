@@ -1,0 +1,555 @@
+"""Loading a job spec: every check up front, every problem at its line and column.
+
+:func:`load_spec` reads the YAML safely (:mod:`batchgen.yamlsrc`), refuses API keys
+written in the file, checks structure and types with the pydantic models of
+:mod:`batchgen.spec_model`, then resolves and checks the meaning: row files, reference
+images, placeholders, model families, the size of the matrix (counted, never
+expanded) and the budget. It raises one :class:`~batchgen.errors.SpecError` holding
+every problem, sorted by position; warnings of a valid spec end up on
+:attr:`Spec.warnings`.
+
+Structure problems (unknown keys, wrong types) are reported together first; the
+meaning is checked, and its problems reported together, once the structure is sound.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import urllib.parse
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import ValidationError
+from pydantic_core import ErrorDetails
+
+from batchgen.catalog import DEFAULT_PRICES
+from batchgen.combos import Counts, MatrixDef, count_combinations
+from batchgen.errors import ConfigError, SpecError, SpecIssue, register_secret
+from batchgen.matrix import TaskDefaults
+from batchgen.placeholders import Template, TemplateError, parse_template
+from batchgen.spec_checks import check_combinations
+from batchgen.spec_model import ApiModel, Limits, RowSourceModel, SpecModel
+from batchgen.spec_resolve import (
+    REQUEST_VARS,
+    Context,
+    TemplateUse,
+    check_params,
+    did_you_mean,
+    resolve_matrix,
+)
+from batchgen.yamlsrc import MAX_BYTES, NodePath, YamlDocument, load_yaml_file
+
+__all__ = ["DEFAULT_BASE_URL", "Limits", "Spec", "load_spec"]
+
+#: Where requests go when neither the command line, the environment nor the spec says.
+DEFAULT_BASE_URL = "https://cobabaai.com/v1"
+_SECRET_TEXT = re.compile(r"sk-[A-Za-z0-9_\-]{16,}")
+_SECRET_NAMES = frozenset(
+    {"key", "apikey", "token", "authorization", "auth", "secret", "password", "bearer"}
+)
+_SECRET_SUFFIXES = ("apikey", "token", "secret", "password", "secretkey", "accesskey")
+_NO_KEYS = "an API key must never be written in a spec; set COBABA_API_KEY in the environment"
+
+
+@dataclass(frozen=True, slots=True)
+class Spec:
+    """A loaded, fully validated job spec: what the planner and the runner use.
+
+    ``path`` and ``output_dir`` are absolute; ``display_path`` is the path as given
+    (used in messages). ``prices`` is the built-in price list with the spec's prices
+    merged over it. ``digest`` hashes the spec's content (not its formatting or
+    comments) together with the bytes of its row files and reference images.
+    """
+
+    path: Path
+    display_path: str
+    name: str
+    description: str
+    output_dir: Path
+    layout: str
+    endpoint: str
+    base_url: str
+    limits: Limits
+    prices: Mapping[str, float]
+    currency: str
+    repeat: int
+    defaults: TaskDefaults
+    matrix: MatrixDef
+    counts: Counts
+    estimated_cost: float
+    tasks_by_model: Mapping[str, int]
+    digest: str
+    warnings: tuple[SpecIssue, ...] = ()
+
+    @property
+    def task_count(self) -> int:
+        """The number of tasks the spec expands to."""
+        return self.counts.total * self.repeat
+
+    def for_simulator(self) -> Spec:
+        """The same job writing to ``<output>-sim``, so simulated images never mix with
+        real ones (``--sim``). Keys are unchanged: they do not depend on the output."""
+        sim_dir = self.output_dir.with_name(self.output_dir.name + "-sim")
+        return dataclasses.replace(self, output_dir=sim_dir)
+
+
+def load_spec(
+    path: str | os.PathLike[str],
+    *,
+    base_url: str | None = None,
+    max_tasks: int | None = None,
+) -> Spec:
+    """Load, check and resolve the job spec at ``path``.
+
+    ``base_url`` (the ``--base-url`` option) wins over ``COBABA_BASE_URL``, which wins
+    over the spec's ``api.base_url``. ``max_tasks`` (``--max-tasks``) replaces
+    ``limits.max_tasks``.
+
+    Raises :class:`SpecError` with every problem found (warnings included in
+    ``issues``), and :class:`~batchgen.errors.ConfigError` if ``base_url`` or
+    ``COBABA_BASE_URL`` is not an http(s) URL.
+    """
+    display = os.fspath(path)
+    absolute = Path(os.path.normpath(os.path.abspath(display)))
+    override = _override_base_url(base_url)
+    try:
+        doc = load_yaml_file(absolute, display_name=display)
+    except SpecError as exc:
+        raise SpecError(_sorted([*exc.issues, *_secrets_in_file(absolute, display)])) from None
+    secret_issues, secret_paths = _secret_issues(doc)
+    if doc.data is None or not isinstance(doc.data, dict):
+        what = "empty" if doc.data is None else "not a mapping of keys"
+        raise SpecError(
+            _sorted(
+                [
+                    *secret_issues,
+                    SpecIssue(display, 1, 1, f"the spec is {what}: start with `version: 1`"),
+                ]
+            )
+        )
+    try:
+        model = SpecModel.model_validate(doc.data)
+    except ValidationError as exc:
+        structural = _structure_issues(doc, exc.errors(include_url=False), secret_paths)
+        raise SpecError(_sorted([*secret_issues, *structural])) from None
+    if secret_issues:
+        raise SpecError(_sorted(secret_issues))
+    return _resolve(doc, model, absolute, override, max_tasks)
+
+
+def _sorted(issues: list[SpecIssue]) -> list[SpecIssue]:
+    # The spec's own lines first, then other files (row files); duplicates dropped.
+    spec_file = issues[0].file if issues else ""
+    unique = dict.fromkeys(issues)
+    return sorted(unique, key=lambda i: (i.file != spec_file, i.file, i.line, i.column))
+
+
+# --- secrets -----------------------------------------------------------------------------
+
+
+def _is_secret_name(key: str) -> bool:
+    flat = re.sub(r"[^a-z]", "", key.lower())
+    return flat in _SECRET_NAMES or flat.endswith(_SECRET_SUFFIXES)
+
+
+def _text_secrets(text: str, file: str) -> list[SpecIssue]:
+    issues = []
+    for match in _SECRET_TEXT.finditer(text):
+        line = text.count("\n", 0, match.start()) + 1
+        column = match.start() - (text.rfind("\n", 0, match.start()) + 1) + 1
+        issues.append(SpecIssue(file, line, column, f"this looks like an API key: {_NO_KEYS}"))
+    return issues
+
+
+def _secrets_in_file(path: Path, display: str) -> list[SpecIssue]:
+    try:
+        if path.stat().st_size > MAX_BYTES:
+            return []
+        text = path.read_bytes().decode("utf-8", errors="replace")
+    except OSError:
+        return []
+    return _text_secrets(text, display)
+
+
+def _secret_issues(doc: YamlDocument) -> tuple[list[SpecIssue], list[NodePath]]:
+    """Keys named like credentials (at their key) and ``sk-...`` strings (anywhere)."""
+    issues = _text_secrets(doc.text, doc.file)
+    paths: list[NodePath] = []
+    stack: list[tuple[NodePath, object]] = [((), doc.data)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, dict):
+            for key, child in value.items():
+                if _is_secret_name(key):
+                    paths.append((*path, key))
+                    if isinstance(child, str):
+                        register_secret(child)  # keep it out of every later message
+                    issues.append(
+                        doc.issue(
+                            (*path, key), f"key {key!r} is not allowed: {_NO_KEYS}", at_key=True
+                        )
+                    )
+                else:
+                    stack.append(((*path, key), child))
+        elif isinstance(value, list):
+            stack.extend(((*path, i), child) for i, child in enumerate(value))
+    return issues, paths
+
+
+# --- structure: pydantic errors mapped to YAML positions --------------------------------------
+
+
+def _data_path(data: object, loc: tuple[int | str, ...]) -> NodePath:
+    # Pydantic's loc mixes real keys with union tags ('values', 'str', ...): keep the
+    # elements that exist in the data, in order.
+    path: list[str | int] = []
+    current = data
+    for element in loc:
+        in_dict = isinstance(current, dict) and isinstance(element, str) and element in current
+        in_list = isinstance(current, list) and isinstance(element, int) and element < len(current)
+        if not (in_dict or in_list):
+            continue
+        current = current[element]  # type: ignore[index]  # checked just above
+        path.append(element)
+    return tuple(path)
+
+
+def _allowed_keys(parent: NodePath) -> tuple[str, ...]:
+    model: type[SpecModel | ApiModel | Limits | RowSourceModel] | None = None
+    if parent == ():
+        model = SpecModel
+    elif parent == ("api",):
+        model = ApiModel
+    elif parent == ("limits",):
+        model = Limits
+    elif len(parent) == 2 and parent[0] == "matrix":
+        model = RowSourceModel
+    if model is None:
+        return ()
+    return tuple(field.alias or name for name, field in model.model_fields.items())
+
+
+def _unknown_key_message(key: str, parent: NodePath) -> str:
+    message = f"unknown key {key!r}"
+    if parent and parent[0] == "matrix" and len(parent) == 2:
+        message += " in a row file axis"
+    hint = ""
+    if parent == ():
+        # A nested key written at the top (concurrency: 4) is a common slip.
+        for section in ("limits", "api"):
+            if key in _allowed_keys((section,)):
+                hint = f"; did you mean '{section}.{key}'?"
+    return message + (hint or did_you_mean(key, _allowed_keys(parent)))
+
+
+def _describe(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return repr(value if len(value) <= 40 else value[:37] + "...")
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, int | float):
+        return str(value)
+    return "a list" if isinstance(value, list) else "a mapping"
+
+
+_MESSAGES = {
+    "string_type": "should be a string",
+    "int_type": "should be a whole number",
+    "float_type": "should be a number",
+    "bool_type": "should be true or false",
+    "list_type": "should be a list",
+    "dict_type": "should be a mapping",
+    "model_type": "should be a mapping",
+    "model_attributes_type": "should be a mapping",
+    "finite_number": "should be a finite number",
+}
+
+
+def _show(path: NodePath) -> str:
+    out = ""
+    for element in path:
+        out += f"[{element}]" if isinstance(element, int) else ("." if out else "") + element
+    return out or "spec"
+
+
+def _structure_issues(
+    doc: YamlDocument, errors: list[ErrorDetails], secret_paths: list[NodePath]
+) -> list[SpecIssue]:
+    issues: list[SpecIssue] = []
+    for error in errors:
+        kind, loc = error["type"], error["loc"]
+        path = _data_path(doc.data, loc)
+        if any(path[: len(s)] == s for s in secret_paths):
+            continue  # already refused, and its value must not be echoed
+        ctx = error.get("ctx", {})
+        if kind == "extra_forbidden":
+            issues.append(
+                doc.issue(path, _unknown_key_message(str(path[-1]), path[:-1]), at_key=True)
+            )
+            continue
+        if kind == "missing":
+            hint = " (add `version: 1`)" if loc == ("version",) else ""
+            where = f" in {_show(path)}" if path else ""
+            issues.append(doc.issue(path, f"missing key {loc[-1]!r}{where}{hint}"))
+            continue
+        if kind == "literal_error" and path == ("version",):
+            message = (
+                f"unsupported spec version {_describe(error['input'])}: batchgen reads version 1"
+            )
+            issues.append(doc.issue(path, message))
+            continue
+        if kind in _MESSAGES:
+            text = _MESSAGES[kind]
+        elif kind == "greater_than_equal":
+            text = f"should be at least {_describe(ctx['ge'])}"
+        elif kind == "greater_than":
+            text = f"should be greater than {_describe(ctx['gt'])}"
+        elif kind == "less_than_equal":
+            text = f"should be at most {_describe(ctx['le'])}"
+        elif kind == "string_too_short":
+            text = "should not be empty"
+        elif kind == "literal_error":
+            text = f"should be one of {ctx['expected']}"
+        else:
+            text = error["msg"].replace("Input should", "should")
+        issues.append(doc.issue(path, f"{_show(path)}: {text}, got {_describe(error['input'])}"))
+    return issues
+
+
+# --- meaning -----------------------------------------------------------------------------------
+
+
+def _valid_url(value: str) -> bool:
+    parts = urllib.parse.urlsplit(value)
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def _override_base_url(argument: str | None) -> str | None:
+    env = os.environ.get("COBABA_BASE_URL") or None
+    for source, value in (("--base-url", argument), ("COBABA_BASE_URL", env)):
+        if value:
+            if not _valid_url(value):
+                raise ConfigError(f"{source} is not an http(s) URL: {value!r}")
+            return value.rstrip("/")
+    return None
+
+
+def _check_layout(ctx: Context, layout: str) -> Template | None:
+    parts = layout.split("/")
+    if "\\" in layout or any(part in ("", ".", "..") for part in parts):
+        ctx.error(
+            ("layout",),
+            "layout must be a relative path of non-empty parts, without '.', '..' or '\\'",
+        )
+        return None
+    try:
+        whole = parse_template(layout)
+        last = parse_template(parts[-1]).chunks[-1]
+    except TemplateError as exc:
+        ctx.error(("layout",), f"layout: {exc}")
+        return None
+    extension = last.rsplit(".", 1)[1] if "." in last else ""
+    if extension and extension.lower() != "png":
+        ctx.error(
+            ("layout",),
+            f"layout must end in .png or have no extension (it ends in '.{extension}')",
+        )
+        return None
+    return whole
+
+
+def _resolve(
+    doc: YamlDocument,
+    model: SpecModel,
+    absolute: Path,
+    override: str | None,
+    max_tasks: int | None,
+) -> Spec:
+    limits = model.limits
+    if max_tasks is not None:
+        limits = limits.model_copy(update={"max_tasks": max_tasks})
+    ctx = Context(doc, absolute.parent, max_rows=limits.max_tasks)
+    name = model.name or absolute.stem
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "job"
+    output = Path(model.output or f"out/{slug}").expanduser()
+    output_dir = Path(os.path.normpath(absolute.parent / output))
+    spec_url = model.api.base_url
+    if spec_url is not None and not _valid_url(spec_url):
+        ctx.error(
+            ("api", "base_url"), "base_url must be an http(s) URL, e.g. https://cobabaai.com/v1"
+        )
+        spec_url = None
+    base_url = override or (spec_url or DEFAULT_BASE_URL).rstrip("/")
+
+    # Every template is parsed before the matrix is resolved: the matrix checks
+    # (unused axes, duplicate rows) need to know which variables templates use.
+    if model.prompt is not None:
+        ctx.template(model.prompt, ctx.where(("prompt",)), "prompt")
+    images = tuple(
+        ref
+        for i, written in enumerate(model.images)
+        if (ref := ctx.image(written, ctx.where(("images", i)))) is not None
+    )
+    start = len(ctx.templates)
+    check_params(ctx, model.params, ("params",))
+    param_templates: list[tuple[str | None, TemplateUse]] = [
+        (None, use) for use in ctx.templates[start:]
+    ]
+    for model_name, params in model.model_params.items():
+        start = len(ctx.templates)
+        check_params(ctx, params, ("model_params", model_name))
+        param_templates += [(model_name, use) for use in ctx.templates[start:]]
+    layout = _check_layout(ctx, model.layout)
+    matrix = resolve_matrix(ctx, model.matrix)
+    if model.api.endpoint == "images" and (
+        images or "images" in matrix.original_names or any(e.images for e in matrix.include)
+    ):
+        ctx.error(
+            ("api", "endpoint"),
+            "the images route takes no reference images: use generate or nano-banana "
+            "for image-to-image",
+        )
+    defaults = TaskDefaults(
+        model=model.model,
+        aspect_ratio=model.aspect_ratio,
+        image_size=model.image_size,
+        prompt=model.prompt,
+        images=images,
+        params=dict(model.params),
+        model_params={k: dict(v) for k, v in model.model_params.items()},
+    )
+    prices = {**DEFAULT_PRICES, **model.prices}
+    counts = count_combinations(matrix)
+    total = counts.total * model.repeat
+    tasks_by_model: Mapping[str, int] = {}
+    cost = 0.0
+    if total > limits.max_tasks:
+        where: NodePath = ("matrix",) if ("matrix",) in doc.value_marks else ("repeat",)
+        ctx.error(
+            where,
+            f"the job expands to {total:,} tasks, more than limits.max_tasks "
+            f"({limits.max_tasks:,}); raise limits.max_tasks (or pass --max-tasks) if you mean it",
+            at_key=True,
+        )
+    elif not ctx.broken:
+        estimate = check_combinations(
+            ctx,
+            matrix,
+            counts,
+            defaults,
+            endpoint=model.api.endpoint,
+            layout=layout,
+            param_templates=param_templates,
+            repeat=model.repeat,
+            prices=prices,
+        )
+        tasks_by_model, cost = estimate.tasks_by_model, estimate.cost
+        _check_budget(ctx, limits, estimate.unpriced, cost, model.currency)
+        for model_name in model.model_params:
+            if model_name not in tasks_by_model:
+                ctx.warn(
+                    ("model_params", model_name), f"no task uses model {model_name!r}", at_key=True
+                )
+    _check_overrides(ctx, model, matrix)
+    if layout is not None:
+        _check_layout_unique(ctx, layout, matrix, model.repeat)
+    errors = [i for i in ctx.issues if i.severity == "error"]
+    if errors:
+        raise SpecError(_sorted(ctx.issues))
+    return Spec(
+        path=absolute,
+        display_path=doc.file,
+        name=name,
+        description=model.description or "",
+        output_dir=output_dir,
+        layout=model.layout,
+        endpoint=model.api.endpoint,
+        base_url=base_url,
+        limits=limits,
+        prices=prices,
+        currency=model.currency,
+        repeat=model.repeat,
+        defaults=defaults,
+        matrix=matrix,
+        counts=counts,
+        estimated_cost=cost,
+        tasks_by_model=tasks_by_model,
+        digest=_digest(doc.data, ctx),
+        warnings=tuple(_sorted(ctx.issues)),
+    )
+
+
+def _check_budget(
+    ctx: Context, limits: Limits, unpriced: tuple[str, ...], cost: float, currency: str
+) -> None:
+    if limits.budget is None:
+        return
+    path = ("limits", "budget")
+    if unpriced:
+        ctx.error(
+            path,
+            f"a budget needs a price for every model; add {', '.join(unpriced)} under `prices`",
+        )
+    elif cost > limits.budget:
+        ctx.warn(
+            path,
+            f"the estimated cost {cost:.2f} {currency} exceeds the budget "
+            f"{limits.budget:g} {currency}: the run will stop when the budget is spent",
+        )
+
+
+def _check_overrides(ctx: Context, model: SpecModel, matrix: MatrixDef) -> None:
+    """Warn about top-level defaults that an axis always replaces."""
+    original = matrix.original_names
+    for name, value in (("prompt", model.prompt), ("images", model.images or None)):
+        if value is not None and name in original:
+            ctx.warn(
+                (name,),
+                f"the top-level {name} is never used: the matrix sets {name} for every task",
+                at_key=True,
+            )
+
+
+def _check_layout_unique(ctx: Context, layout: Template, matrix: MatrixDef, repeat: int) -> None:
+    """Warn when two tasks could get the same file name (the runner keeps both, renamed)."""
+    fields = layout.fields
+    if fields & {"key", "key8"}:
+        return
+    covered = set(fields)
+    if "prompt" in fields:
+        for use in ctx.templates:
+            if use.what == "prompt":
+                covered |= use.template.fields
+    used = REQUEST_VARS.union(*(use.template.fields for use in ctx.templates))
+    needed = {
+        name for axis in matrix.axes for name in axis.names if name in used and len(axis.values) > 1
+    }
+    if repeat > 1:
+        needed.add("variant")
+    missing = sorted(needed - covered)
+    if missing:
+        shown = ", ".join("{" + name + "}" for name in missing)
+        ctx.warn(
+            ("layout",),
+            f"layout uses neither {{key8}} nor {shown}: different tasks may be given the "
+            "same file name",
+        )
+
+
+def _digest(data: object, ctx: Context) -> str:
+    content = {
+        "spec": data,
+        "files": dict(sorted(ctx.file_digests.items())),
+        "images": sorted(ctx.images.digests()),
+    }
+    text = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()

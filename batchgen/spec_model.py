@@ -1,0 +1,314 @@
+"""The shape of a job spec (version 1) as pydantic models.
+
+These models check structure and types only (unknown keys, wrong types, ranges); the
+meaning (placeholders, files, model families, matrix size) is checked by
+:mod:`batchgen.spec`. They are also the single source of the JSON Schema that editors
+use, so every field carries a description.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    JsonValue,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    Tag,
+)
+
+__all__ = [
+    "DEFAULT_LAYOUT",
+    "ENDPOINTS",
+    "ApiModel",
+    "Limits",
+    "MatrixModel",
+    "RowSourceModel",
+    "SpecModel",
+]
+
+#: The output path template used when a spec sets no ``layout``.
+DEFAULT_LAYOUT = "{model}/{aspect_ratio}/{prompt}-{key8}.png"
+#: Accepted values of ``api.endpoint``.
+ENDPOINTS = ("generate", "nano-banana", "draw-completions", "images")
+
+_STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+def _scalar_kind(value: Any) -> str | None:
+    # bool first: it is an int subclass.
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, str):
+        return "str"
+    return None
+
+
+#: A string, number or boolean; becomes a string when used as a variable.
+Scalar = Annotated[
+    Annotated[StrictStr, Tag("str")]
+    | Annotated[StrictInt, Tag("int")]
+    | Annotated[StrictFloat, Tag("float")]
+    | Annotated[StrictBool, Tag("bool")],
+    Discriminator(
+        _scalar_kind,
+        custom_error_type="scalar_type",
+        custom_error_message="should be a string, number or boolean",
+    ),
+]
+
+
+def _item_kind(value: Any) -> str | None:
+    if isinstance(value, dict):
+        return "row"
+    if isinstance(value, list):
+        return "image-set"
+    return "scalar" if _scalar_kind(value) else None
+
+
+AxisItem = Annotated[
+    Annotated[Scalar, Tag("scalar")]
+    | Annotated[list[StrictStr], Tag("image-set")]
+    | Annotated[dict[str, Scalar], Tag("row")],
+    Discriminator(
+        _item_kind,
+        custom_error_type="axis_value_type",
+        custom_error_message=(
+            "should be a string or number, a mapping of variables (one row), "
+            "or a list of images (only in the images axis)"
+        ),
+    ),
+]
+
+
+class RowSourceModel(BaseModel):
+    """Axis values read from a file: ``.txt`` (one value per line), ``.csv`` or ``.jsonl``
+    (one row per line; each column becomes a variable)."""
+
+    model_config = _STRICT
+
+    from_: StrictStr = Field(
+        alias="from",
+        description="Path of the row file, relative to the spec's folder.",
+    )
+    format: Literal["txt", "csv", "jsonl"] | None = Field(
+        default=None,
+        description="File format; by default taken from the extension (.txt, .csv, .tsv, .jsonl).",
+    )
+    delimiter: StrictStr | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1,
+        description="CSV field separator (default ',' for .csv, tab for .tsv).",
+    )
+
+
+def _axis_kind(value: Any) -> str | None:
+    if isinstance(value, list):
+        return "values"
+    if isinstance(value, dict):
+        return "file"
+    return None
+
+
+AxisDef = Annotated[
+    Annotated[list[AxisItem], Tag("values")] | Annotated[RowSourceModel, Tag("file")],
+    Discriminator(
+        _axis_kind,
+        custom_error_type="axis_type",
+        custom_error_message="should be a list of values ([a, b]) or a file ({from: rows.csv})",
+    ),
+]
+
+IncludeValue = Annotated[
+    Annotated[Scalar, Tag("scalar")] | Annotated[list[StrictStr], Tag("image-set")],
+    Discriminator(
+        lambda v: "image-set" if isinstance(v, list) else ("scalar" if _scalar_kind(v) else None),
+        custom_error_type="include_value_type",
+        custom_error_message="should be a string or number (or a list of images for 'images')",
+    ),
+]
+
+
+class MatrixModel(BaseModel):
+    """Named axes crossed into combinations, plus GitHub-Actions-style ``include`` and
+    ``exclude``. ``model``, ``aspect_ratio``, ``image_size``, ``prompt`` and ``images``
+    axes set request fields; any other axis is a template variable."""
+
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
+
+    include: list[dict[str, IncludeValue]] = Field(
+        default_factory=list,
+        description=(
+            "Entries added to every combination whose original values they do not change; "
+            "an entry that fits no combination becomes a combination of its own."
+        ),
+    )
+    exclude: list[dict[str, Scalar]] = Field(
+        default_factory=list,
+        description="Combinations to drop (applied before include); partial entries drop "
+        "every combination they match.",
+    )
+    __pydantic_extra__: dict[str, AxisDef] = Field(init=False)
+
+
+class ApiModel(BaseModel):
+    """Which CobabaAi route to call. The API key is never written here: it comes only
+    from the COBABA_API_KEY environment variable."""
+
+    model_config = _STRICT
+
+    endpoint: Literal["generate", "nano-banana", "draw-completions", "images"] = Field(
+        default="generate",
+        description=(
+            "generate: POST /v1/api/generate (async, default); nano-banana: "
+            "POST /v1/draw/nano-banana; draw-completions: POST /v1/draw/completions "
+            "(gpt-image-2); images: POST /v1/images/generations (OpenAI-compatible)."
+        ),
+    )
+    base_url: StrictStr | None = Field(
+        default=None,
+        description="Service URL (default https://cobabaai.com/v1); COBABA_BASE_URL and "
+        "--base-url override it.",
+    )
+
+
+class Limits(BaseModel):
+    """Rate, retry, time and size limits of a run. Times are in seconds."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, frozen=True)
+
+    concurrency: StrictInt = Field(default=8, ge=1, le=1024, description="Tasks in flight at once.")
+    requests_per_minute: float | None = Field(
+        default=None,
+        gt=0,
+        description="Submissions per minute; unset: the runner discovers the limit.",
+    )
+    burst: StrictInt | None = Field(
+        default=None, ge=1, description="Requests allowed at once before the rate applies."
+    )
+    max_attempts: StrictInt = Field(
+        default=5, ge=1, le=100, description="Tries per task before it is marked failed."
+    )
+    submit_timeout: float = Field(default=60.0, gt=0, description="Timeout of one submission.")
+    poll_timeout: float = Field(default=30.0, gt=0, description="Timeout of one status poll.")
+    download_timeout: float = Field(
+        default=120.0, gt=0, description="Timeout of one image download."
+    )
+    task_timeout: float = Field(
+        default=3600.0, gt=0, description="Give up polling a task after this long."
+    )
+    max_tasks: StrictInt = Field(
+        default=10_000,
+        ge=1,
+        description="Refuse a matrix that expands to more tasks than this (a typo guard).",
+    )
+    budget: float | None = Field(
+        default=None,
+        ge=0,
+        description="Maximum total cost of the run, in the price currency; the run stops "
+        "before spending more.",
+    )
+    resubmit_unknown: StrictBool = Field(
+        default=False,
+        description="Resubmit a task whose submission may have reached the service "
+        "(risking a double charge) instead of marking it for review.",
+    )
+    max_image_bytes: StrictInt = Field(
+        default=64 * 1024 * 1024, ge=1, description="Largest result image accepted, in bytes."
+    )
+    max_retry_after: float = Field(
+        default=600.0,
+        gt=0,
+        description="A longer Retry-After parks the affected tasks instead of waiting.",
+    )
+
+
+class SpecModel(BaseModel):
+    """A batchgen job spec, version 1: one prompt template crossed over a matrix of
+    models, aspect ratios, sizes and variables."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        allow_inf_nan=False,
+        title="batchgen job spec (version 1)",
+    )
+
+    version: Literal[1] = Field(description="Spec format version; must be 1.")
+    name: StrictStr | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="Job name (default: the spec file's name without extension).",
+    )
+    description: StrictStr | None = Field(default=None, description="Free text for people.")
+    output: StrictStr | None = Field(
+        default=None,
+        min_length=1,
+        description="Output folder; relative paths resolve against the spec's folder "
+        "(default: out/<name>).",
+    )
+    layout: StrictStr = Field(
+        default=DEFAULT_LAYOUT,
+        min_length=1,
+        description="File path template under output. Fields: {model} {aspect_ratio} "
+        "{image_size} {variant} {key} {key8} {prompt} {index} and every matrix variable; "
+        "ends in .png or has no extension.",
+    )
+    model: StrictStr | None = Field(
+        default=None, min_length=1, description="Default model (a model axis overrides it)."
+    )
+    aspect_ratio: StrictStr = Field(
+        default="auto", min_length=1, description="Default aspect ratio, e.g. 1:1, 16:9, auto."
+    )
+    image_size: StrictStr = Field(
+        default="1K", min_length=1, description="Default image size: 1K, 2K or 4K."
+    )
+    prompt: StrictStr | None = Field(
+        default=None,
+        description="Prompt template with {variable} placeholders ({{ and }} for braces).",
+    )
+    images: list[StrictStr] = Field(
+        default_factory=list,
+        description="Reference images for every task: local files (relative to the spec) "
+        "or http(s) URLs. An images axis or include entry replaces them.",
+    )
+    api: ApiModel = Field(default_factory=ApiModel, description="The route to call.")
+    matrix: MatrixModel = Field(
+        default_factory=MatrixModel, description="Axes crossed into combinations."
+    )
+    repeat: StrictInt = Field(
+        default=1,
+        ge=1,
+        le=10_000,
+        description="Variants of each combination: each gets its own task and key "
+        "(variant 0..repeat-1).",
+    )
+    params: dict[str, JsonValue] = Field(
+        default_factory=dict,
+        description="Extra request fields sent with every task; string values are templates.",
+    )
+    model_params: dict[str, dict[str, JsonValue]] = Field(
+        default_factory=dict,
+        description="Extra request fields per model, merged over params "
+        "(e.g. gpt-image-2: {quality: high}).",
+    )
+    limits: Limits = Field(default_factory=Limits, description="Rate, retry and size limits.")
+    prices: dict[str, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=dict,
+        description="Cost per image by model, merged over the built-in price list.",
+    )
+    currency: StrictStr = Field(
+        default="CNY", min_length=1, description="Currency of prices and budget (display only)."
+    )
