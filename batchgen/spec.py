@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import ValidationError
-from pydantic_core import ErrorDetails
 
 from batchgen.catalog import DEFAULT_PRICES
 from batchgen.combos import Counts, MatrixDef, count_combinations
@@ -33,13 +32,12 @@ from batchgen.errors import ConfigError, SpecError, SpecIssue, register_secret
 from batchgen.matrix import TaskDefaults
 from batchgen.placeholders import Template, TemplateError, parse_template
 from batchgen.spec_checks import check_combinations
-from batchgen.spec_model import ApiModel, Limits, RowSourceModel, SpecModel
+from batchgen.spec_model import Limits, SpecModel, structure_issues
 from batchgen.spec_resolve import (
     REQUEST_VARS,
     Context,
     TemplateUse,
     check_params,
-    did_you_mean,
     resolve_matrix,
 )
 from batchgen.yamlsrc import MAX_BYTES, NodePath, YamlDocument, load_yaml_file
@@ -120,7 +118,9 @@ def load_spec(
     try:
         doc = load_yaml_file(absolute, display_name=display)
     except SpecError as exc:
-        raise SpecError(_sorted([*exc.issues, *_secrets_in_file(absolute, display)])) from None
+        raise SpecError(
+            _sorted([*exc.issues, *_secrets_in_file(absolute, display)], display)
+        ) from None
     secret_issues, secret_paths = _secret_issues(doc)
     if doc.data is None or not isinstance(doc.data, dict):
         what = "empty" if doc.data is None else "not a mapping of keys"
@@ -129,22 +129,22 @@ def load_spec(
                 [
                     *secret_issues,
                     SpecIssue(display, 1, 1, f"the spec is {what}: start with `version: 1`"),
-                ]
+                ],
+                display,
             )
         )
     try:
         model = SpecModel.model_validate(doc.data)
     except ValidationError as exc:
-        structural = _structure_issues(doc, exc.errors(include_url=False), secret_paths)
-        raise SpecError(_sorted([*secret_issues, *structural])) from None
+        structural = structure_issues(doc, exc.errors(include_url=False), secret_paths)
+        raise SpecError(_sorted([*secret_issues, *structural], display)) from None
     if secret_issues:
-        raise SpecError(_sorted(secret_issues))
+        raise SpecError(_sorted(secret_issues, display))
     return _resolve(doc, model, absolute, override, max_tasks)
 
 
-def _sorted(issues: list[SpecIssue]) -> list[SpecIssue]:
+def _sorted(issues: list[SpecIssue], spec_file: str) -> list[SpecIssue]:
     # The spec's own lines first, then other files (row files); duplicates dropped.
-    spec_file = issues[0].file if issues else ""
     unique = dict.fromkeys(issues)
     return sorted(unique, key=lambda i: (i.file != spec_file, i.file, i.line, i.column))
 
@@ -199,130 +199,6 @@ def _secret_issues(doc: YamlDocument) -> tuple[list[SpecIssue], list[NodePath]]:
         elif isinstance(value, list):
             stack.extend(((*path, i), child) for i, child in enumerate(value))
     return issues, paths
-
-
-# --- structure: pydantic errors mapped to YAML positions --------------------------------------
-
-
-def _data_path(data: object, loc: tuple[int | str, ...]) -> NodePath:
-    # Pydantic's loc mixes real keys with union tags ('values', 'str', ...): keep the
-    # elements that exist in the data, in order.
-    path: list[str | int] = []
-    current = data
-    for element in loc:
-        in_dict = isinstance(current, dict) and isinstance(element, str) and element in current
-        in_list = isinstance(current, list) and isinstance(element, int) and element < len(current)
-        if not (in_dict or in_list):
-            continue
-        current = current[element]  # type: ignore[index]  # checked just above
-        path.append(element)
-    return tuple(path)
-
-
-def _allowed_keys(parent: NodePath) -> tuple[str, ...]:
-    model: type[SpecModel | ApiModel | Limits | RowSourceModel] | None = None
-    if parent == ():
-        model = SpecModel
-    elif parent == ("api",):
-        model = ApiModel
-    elif parent == ("limits",):
-        model = Limits
-    elif len(parent) == 2 and parent[0] == "matrix":
-        model = RowSourceModel
-    if model is None:
-        return ()
-    return tuple(field.alias or name for name, field in model.model_fields.items())
-
-
-def _unknown_key_message(key: str, parent: NodePath) -> str:
-    message = f"unknown key {key!r}"
-    if parent and parent[0] == "matrix" and len(parent) == 2:
-        message += " in a row file axis"
-    hint = ""
-    if parent == ():
-        # A nested key written at the top (concurrency: 4) is a common slip.
-        for section in ("limits", "api"):
-            if key in _allowed_keys((section,)):
-                hint = f"; did you mean '{section}.{key}'?"
-    return message + (hint or did_you_mean(key, _allowed_keys(parent)))
-
-
-def _describe(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return repr(value if len(value) <= 40 else value[:37] + "...")
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    if isinstance(value, int | float):
-        return str(value)
-    return "a list" if isinstance(value, list) else "a mapping"
-
-
-_MESSAGES = {
-    "string_type": "should be a string",
-    "int_type": "should be a whole number",
-    "float_type": "should be a number",
-    "bool_type": "should be true or false",
-    "list_type": "should be a list",
-    "dict_type": "should be a mapping",
-    "model_type": "should be a mapping",
-    "model_attributes_type": "should be a mapping",
-    "finite_number": "should be a finite number",
-}
-
-
-def _show(path: NodePath) -> str:
-    out = ""
-    for element in path:
-        out += f"[{element}]" if isinstance(element, int) else ("." if out else "") + element
-    return out or "spec"
-
-
-def _structure_issues(
-    doc: YamlDocument, errors: list[ErrorDetails], secret_paths: list[NodePath]
-) -> list[SpecIssue]:
-    issues: list[SpecIssue] = []
-    for error in errors:
-        kind, loc = error["type"], error["loc"]
-        path = _data_path(doc.data, loc)
-        if any(path[: len(s)] == s for s in secret_paths):
-            continue  # already refused, and its value must not be echoed
-        ctx = error.get("ctx", {})
-        if kind == "extra_forbidden":
-            issues.append(
-                doc.issue(path, _unknown_key_message(str(path[-1]), path[:-1]), at_key=True)
-            )
-            continue
-        if kind == "missing":
-            hint = " (add `version: 1`)" if loc == ("version",) else ""
-            where = f" in {_show(path)}" if path else ""
-            issues.append(doc.issue(path, f"missing key {loc[-1]!r}{where}{hint}"))
-            continue
-        if kind == "literal_error" and path == ("version",):
-            message = (
-                f"unsupported spec version {_describe(error['input'])}: batchgen reads version 1"
-            )
-            issues.append(doc.issue(path, message))
-            continue
-        if kind in _MESSAGES:
-            text = _MESSAGES[kind]
-        elif kind == "greater_than_equal":
-            text = f"should be at least {_describe(ctx['ge'])}"
-        elif kind == "greater_than":
-            text = f"should be greater than {_describe(ctx['gt'])}"
-        elif kind == "less_than_equal":
-            text = f"should be at most {_describe(ctx['le'])}"
-        elif kind == "string_too_short":
-            text = "should not be empty"
-        elif kind == "literal_error":
-            text = f"should be one of {ctx['expected']}"
-        else:
-            text = error["msg"].replace("Input should", "should")
-        issues.append(doc.issue(path, f"{_show(path)}: {text}, got {_describe(error['input'])}"))
-    return issues
 
 
 # --- meaning -----------------------------------------------------------------------------------
@@ -464,7 +340,7 @@ def _resolve(
         _check_layout_unique(ctx, layout, matrix, model.repeat)
     errors = [i for i in ctx.issues if i.severity == "error"]
     if errors:
-        raise SpecError(_sorted(ctx.issues))
+        raise SpecError(_sorted(ctx.issues, doc.file))
     return Spec(
         path=absolute,
         display_path=doc.file,
@@ -484,7 +360,7 @@ def _resolve(
         estimated_cost=cost,
         tasks_by_model=tasks_by_model,
         digest=_digest(doc.data, ctx),
-        warnings=tuple(_sorted(ctx.issues)),
+        warnings=tuple(_sorted(ctx.issues, doc.file)),
     )
 
 

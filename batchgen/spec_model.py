@@ -2,12 +2,15 @@
 
 These models check structure and types only (unknown keys, wrong types, ranges); the
 meaning (placeholders, files, model families, matrix size) is checked by
-:mod:`batchgen.spec`. They are also the single source of the JSON Schema that editors
-use, so every field carries a description.
+:mod:`batchgen.spec_resolve` and :mod:`batchgen.spec_checks`. They are also the single
+source of the JSON Schema that editors use, so every field carries a description.
+:func:`structure_issues` turns pydantic's errors into issues at YAML positions.
 """
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -22,6 +25,10 @@ from pydantic import (
     StrictStr,
     Tag,
 )
+from pydantic_core import ErrorDetails
+
+from batchgen.errors import SpecIssue
+from batchgen.yamlsrc import NodePath, YamlDocument
 
 __all__ = [
     "DEFAULT_LAYOUT",
@@ -31,12 +38,21 @@ __all__ = [
     "MatrixModel",
     "RowSourceModel",
     "SpecModel",
+    "did_you_mean",
+    "structure_issues",
 ]
 
 #: The output path template used when a spec sets no ``layout``.
 DEFAULT_LAYOUT = "{model}/{aspect_ratio}/{prompt}-{key8}.png"
 #: Accepted values of ``api.endpoint``.
 ENDPOINTS = ("generate", "nano-banana", "draw-completions", "images")
+
+
+def did_you_mean(word: str, choices: Iterable[str], *, cutoff: float = 0.6) -> str:
+    """``"; did you mean 'x'?"`` for the closest of ``choices``, or ``""``."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=cutoff)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
 
 _STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
@@ -312,3 +328,134 @@ class SpecModel(BaseModel):
     currency: StrictStr = Field(
         default="CNY", min_length=1, description="Currency of prices and budget (display only)."
     )
+
+
+# --- structure errors mapped to YAML positions -------------------------------------------
+
+
+def _data_path(data: object, loc: tuple[int | str, ...]) -> NodePath:
+    # Pydantic's loc mixes real keys with union tags ('values', 'str', ...): keep the
+    # elements that exist in the data, in order.
+    path: list[str | int] = []
+    current = data
+    for element in loc:
+        in_dict = isinstance(current, dict) and isinstance(element, str) and element in current
+        in_list = isinstance(current, list) and isinstance(element, int) and element < len(current)
+        if not (in_dict or in_list):
+            continue
+        current = current[element]  # type: ignore[index]  # checked just above
+        path.append(element)
+    return tuple(path)
+
+
+def _allowed_keys(parent: NodePath) -> tuple[str, ...]:
+    model: type[SpecModel | ApiModel | Limits | RowSourceModel] | None = None
+    if parent == ():
+        model = SpecModel
+    elif parent == ("api",):
+        model = ApiModel
+    elif parent == ("limits",):
+        model = Limits
+    elif len(parent) == 2 and parent[0] == "matrix":
+        model = RowSourceModel
+    if model is None:
+        return ()
+    return tuple(field.alias or name for name, field in model.model_fields.items())
+
+
+def _unknown_key_message(key: str, parent: NodePath) -> str:
+    message = f"unknown key {key!r}"
+    if parent and parent[0] == "matrix" and len(parent) == 2:
+        message += " in a row file axis"
+    hint = ""
+    if parent == ():
+        # A nested key written at the top (concurrency: 4) is a common slip.
+        for section in ("limits", "api"):
+            if key in _allowed_keys((section,)):
+                hint = f"; did you mean '{section}.{key}'?"
+    return message + (hint or did_you_mean(key, _allowed_keys(parent)))
+
+
+def _describe(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return repr(value if len(value) <= 40 else value[:37] + "...")
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, int | float):
+        return str(value)
+    return "a list" if isinstance(value, list) else "a mapping"
+
+
+_MESSAGES = {
+    "string_type": "should be a string",
+    "int_type": "should be a whole number",
+    "float_type": "should be a number",
+    "bool_type": "should be true or false",
+    "list_type": "should be a list",
+    "dict_type": "should be a mapping",
+    "model_type": "should be a mapping",
+    "model_attributes_type": "should be a mapping",
+    "finite_number": "should be a finite number",
+}
+
+
+def _show(path: NodePath) -> str:
+    out = ""
+    for element in path:
+        out += f"[{element}]" if isinstance(element, int) else ("." if out else "") + element
+    return out or "spec"
+
+
+def structure_issues(
+    doc: YamlDocument, errors: list[ErrorDetails], skip: list[NodePath]
+) -> list[SpecIssue]:
+    """Turn pydantic's errors into issues at their YAML nodes, in user terms.
+
+    Unknown keys get a "did you mean" suggestion (``concurrency`` at the top level
+    suggests ``limits.concurrency``); union tags in pydantic's locations are dropped;
+    errors under a path in ``skip`` (refused secrets) are left out so that their
+    values are never echoed.
+    """
+    issues: list[SpecIssue] = []
+    for error in errors:
+        kind, loc = error["type"], error["loc"]
+        path = _data_path(doc.data, loc)
+        if any(path[: len(s)] == s for s in skip):
+            continue  # already refused, and its value must not be echoed
+        ctx = error.get("ctx", {})
+        if kind == "extra_forbidden":
+            issues.append(
+                doc.issue(path, _unknown_key_message(str(path[-1]), path[:-1]), at_key=True)
+            )
+            continue
+        if kind == "missing":
+            hint = " (add `version: 1`)" if loc == ("version",) else ""
+            where = f" in {_show(path)}" if path else ""
+            issues.append(doc.issue(path, f"missing key {loc[-1]!r}{where}{hint}"))
+            continue
+        if kind == "literal_error" and path == ("version",):
+            message = (
+                f"unsupported spec version {_describe(error['input'])}: batchgen reads version 1"
+            )
+            issues.append(doc.issue(path, message))
+            continue
+        if kind in _MESSAGES:
+            text = _MESSAGES[kind]
+        elif kind == "greater_than_equal":
+            text = f"should be at least {_describe(ctx['ge'])}"
+        elif kind == "greater_than":
+            text = f"should be greater than {_describe(ctx['gt'])}"
+        elif kind == "less_than_equal":
+            text = f"should be at most {_describe(ctx['le'])}"
+        elif kind == "string_too_short":
+            text = "should not be empty"
+        elif kind == "literal_error":
+            text = f"should be one of {ctx['expected']}"
+        else:
+            text = error["msg"].replace("Input should", "should")
+        issues.append(doc.issue(path, f"{_show(path)}: {text}, got {_describe(error['input'])}"))
+    return issues

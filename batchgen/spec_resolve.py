@@ -7,17 +7,16 @@ combinations (placeholders, model families) live in :mod:`batchgen.spec_checks`.
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from batchgen.combos import Axis, AxisValue, MatrixDef, MatrixEntry
 from batchgen.errors import SpecError, SpecIssue
 from batchgen.placeholders import NAME_PATTERN, Template, TemplateError, parse_template
-from batchgen.spec_model import MatrixModel, RowSourceModel
+from batchgen.spec_model import MatrixModel, RowSourceModel, did_you_mean
 from batchgen.spec_sources import (
     ImageRef,
     ImageResolver,
@@ -43,12 +42,6 @@ __all__ = [
 REQUEST_VARS = frozenset({"model", "aspect_ratio", "image_size", "prompt", "images"})
 #: Names a matrix variable may not take: they are layout fields of their own.
 RESERVED_NAMES = frozenset({"variant", "key", "key8", "index"})
-
-
-def did_you_mean(word: str, choices: Iterable[str], *, cutoff: float = 0.6) -> str:
-    """``"; did you mean 'x'?"`` for the closest of ``choices``, or ``""``."""
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=cutoff)
-    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,7 +293,12 @@ def _file_axis(
 
 
 def _is_rows(axis: Axis) -> bool:
-    return axis.rows_from is not None or axis.names != (axis.name,)
+    """Whether the axis's values are rows of several variables (CSV, JSONL, mappings)."""
+    return axis.names != (axis.name,)
+
+
+#: Duplicate rows reported one by one; the rest are summed up in one warning.
+_MAX_ROW_WARNINGS = 10
 
 
 def _check_unused(ctx: Context, axes: list[Axis]) -> None:
@@ -327,12 +325,13 @@ def _dedupe_rows(ctx: Context, axis: Axis) -> Axis:
     Two rows give the same tasks when they agree on every column a request depends on
     (request fields and columns some template uses); the key would be the same.
     """
-    if not _is_rows(axis):
-        return axis
+    if axis.rows_from is None and not _is_rows(axis):
+        return axis  # inline plain values: duplicates are errors, reported already
     used = REQUEST_VARS.union(*(use.template.fields for use in ctx.templates))
     picks = [i for i, column in enumerate(axis.names) if column in used]
     first: dict[tuple[str, ...], AxisValue] = {}
     kept: list[AxisValue] = []
+    skipped = 0
     for value in axis.values:
         projection = tuple(value.values[i] for i in picks)
         earlier = first.get(projection)
@@ -340,11 +339,20 @@ def _dedupe_rows(ctx: Context, axis: Axis) -> Axis:
             first[projection] = value
             kept.append(value)
             continue
-        same = "is the same as" if value.values == earlier.values else "gives the same tasks as"
+        skipped += 1
+        if skipped <= _MAX_ROW_WARNINGS:
+            same = "is the same as" if value.values == earlier.values else "gives the same tasks as"
+            ctx.issues.append(
+                value.where.issue(
+                    f"row {same} line {earlier.where.line} (in every column a request uses); "
+                    "skipped",
+                    "warning",
+                )
+            )
+    if skipped > _MAX_ROW_WARNINGS:
         ctx.issues.append(
-            value.where.issue(
-                f"row {same} line {earlier.where.line} (in every column a request uses); skipped",
-                "warning",
+            axis.where.issue(
+                f"axis {axis.name!r}: {skipped:,} duplicate rows skipped in all", "warning"
             )
         )
     if len(kept) == len(axis.values):

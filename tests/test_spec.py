@@ -339,3 +339,63 @@ def test_documented_example_is_valid(tmp_path: Path) -> None:
     assert spec.limits.max_tasks == 10_000
     stated = "This expands to ((2 products \u00d7 2 models \u00d7 2 sizes) \u2212 2 excluded + 1"
     assert stated in text
+
+
+def test_tsv_delimiter_and_format_override(tmp_path: Path) -> None:
+    """.tsv splits on tabs, `delimiter` picks another separator, `format` beats the suffix."""
+    write(tmp_path, "a\tb\nx\ty\n", "t.tsv")
+    write(tmp_path, "c;d\nz;w\n", "s.data")
+    spec = load(
+        tmp_path,
+        "version: 1\nmodel: m\nprompt: '{a}{b}{c}{d}'\nmatrix:\n  t: {from: t.tsv}\n"
+        "  s: {from: s.data, format: csv, delimiter: ';'}\n",
+    )
+    assert next(expand(spec)).prompt == "xyzw"
+
+
+@pytest.mark.parametrize(
+    ("entry", "fragment"),
+    [
+        ("'data:image/png;base64,AAAA'", "inline data: URIs are not accepted"),
+        ("'ftp://example.com/x.png'", "image URL must be http(s) with a host"),
+        ("notes.txt", "is not a PNG, JPEG, WebP or GIF file"),
+        ("sub", "reference image is a folder"),
+    ],
+)
+def test_unusable_reference_images(tmp_path: Path, entry: str, fragment: str) -> None:
+    """Data URIs, other URL schemes, non-images and folders are refused at their line."""
+    write(tmp_path, "just text", "notes.txt")
+    (tmp_path / "sub").mkdir()
+    issues = errors_of(tmp_path, f"version: 1\nmodel: m\nprompt: p\nimages:\n  - {entry}\n")
+    assert [(i.line, fragment in i.message) for i in issues] == [(5, True)]
+
+
+def test_row_file_format_must_be_known(tmp_path: Path) -> None:
+    """A row file with an unknown suffix and no `format` is refused at `from`."""
+    write(tmp_path, "x\n", "rows.dat")
+    issues = errors_of(
+        tmp_path, "version: 1\nmodel: m\nprompt: '{r}'\nmatrix:\n  r: {from: rows.dat}\n"
+    )
+    assert issues[0].line == 5
+    assert "cannot tell the format" in issues[0].message
+
+
+def test_unused_txt_axis_is_an_error(tmp_path: Path) -> None:
+    """A .txt axis that no template uses is refused like an inline one."""
+    write(tmp_path, "a\nb\nc\n", "subjects.txt")
+    issues = errors_of(
+        tmp_path, "version: 1\nmodel: m\nprompt: p\nmatrix:\n  subject: {from: subjects.txt}\n"
+    )
+    assert [i.line for i in issues] == [5]
+    assert "axis 'subject' is not used" in issues[0].message
+
+
+def test_many_duplicate_rows_are_summed_up(tmp_path: Path) -> None:
+    """Past ten duplicate rows, one warning counts the rest instead of one line each."""
+    write(tmp_path, "x\n" * 30, "same.txt")
+    spec = load(tmp_path, "version: 1\nmodel: m\nprompt: '{s}'\nmatrix:\n  s: {from: same.txt}\n")
+    assert spec.task_count == 1
+    duplicates = [w for w in spec.warnings if "same" in w.message or "duplicate" in w.message]
+    assert len(duplicates) == 11
+    assert "29 duplicate rows skipped in all" in duplicates[0].message  # the spec's file first
+    assert all(w.file.endswith("same.txt") for w in duplicates[1:])
