@@ -73,6 +73,7 @@ __all__ = [
     "UnsafeURLError",
     "UpstreamError",
     "UsageError",
+    "leaf_error",
     "redact",
     "register_secret",
 ]
@@ -389,6 +390,34 @@ class NotAnImageError(DownloadError):
     """The downloaded bytes are not an image Pillow can decode."""
 
     default_code = "not_an_image"
+
+
+def leaf_error(exc: BaseException) -> BaseException:
+    """The error to report from an exception group raised by a task group.
+
+    Prefers the first BatchgenError among the leaves, then the first leaf that is not
+    a cancellation; returns ``exc`` itself when it is not a group.
+    """
+    if not isinstance(exc, BaseExceptionGroup):
+        return exc
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [exc]
+    while stack:
+        current = stack.pop(0)
+        if isinstance(current, BaseExceptionGroup):
+            stack[:0] = list(current.exceptions)
+        else:
+            leaves.append(current)
+    for leaf in leaves:
+        if isinstance(leaf, BatchgenError):
+            return leaf
+    for leaf in leaves:
+        if (
+            not isinstance(leaf, (KeyboardInterrupt, SystemExit))
+            and "Cancel" not in type(leaf).__name__
+        ):
+            return leaf
+    return leaves[0] if leaves else exc
 
 
 def error_from_mapping(data: Mapping[str, object]) -> str:

@@ -41,6 +41,8 @@ __all__ = [
 ]
 
 LEDGER_NAME: Final = "batchgen.sqlite"
+# Marks the file as ours (``PRAGMA application_id``): "bgen".
+_APPLICATION_ID: Final = 0x6267656E
 
 
 class TaskState(enum.StrEnum):
@@ -282,6 +284,12 @@ class _Op:
     error: BaseException | None = None
 
 
+def _as_ledger_error(exc: BaseException) -> BaseException:
+    if isinstance(exc, aiosqlite.Error | OSError):
+        return LedgerError(f"ledger write failed: {redact(str(exc))}")
+    return exc
+
+
 class Ledger:
     """The job's ledger. Open with ``async with Ledger.open(path) as ledger``."""
 
@@ -304,6 +312,8 @@ class Ledger:
         """
         if not create and not path.exists():
             raise LedgerError(f"no ledger at {path}: nothing has run yet")
+        if path.is_dir():
+            raise LedgerError(f"the ledger path {path} is a folder")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             conn = await aiosqlite.connect(path, isolation_level=None)
@@ -314,12 +324,20 @@ class Ledger:
             await ledger._setup()
             send, receive = anyio.create_memory_object_stream[_Op](10_000)
             ledger._send = send
+            failure: BaseException | None = None
             async with anyio.create_task_group() as tg:
                 tg.start_soon(ledger._writer, receive)
                 try:
                     yield ledger
+                except BaseException as exc:
+                    # Re-raised below, outside the task group, so the caller sees its
+                    # own exception rather than an ExceptionGroup around it.
+                    failure = exc
                 finally:
                     send.close()
+                    ledger._send = None
+            if failure is not None:
+                raise failure
         finally:
             with anyio.CancelScope(shield=True):
                 await conn.close()
@@ -327,6 +345,18 @@ class Ledger:
     async def _setup(self) -> None:
         conn = self._conn
         try:
+            async with conn.execute("PRAGMA application_id") as cur:
+                row = await cur.fetchone()
+            app_id = int(row[0]) if row else 0
+            async with conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'") as cur:
+                tables = {str(r[0]) for r in await cur.fetchall()}
+            if app_id not in (0, _APPLICATION_ID) or (tables and "migrations" not in tables):
+                raise LedgerError(
+                    f"{self.path} is an SQLite file of another program, not a batchgen"
+                    " ledger: refusing to touch it"
+                )
+            if app_id == 0:
+                await conn.execute(f"PRAGMA application_id = {_APPLICATION_ID}")
             await conn.execute("PRAGMA journal_mode=WAL")
             # FULL: a committed intent survives power loss too; group commit makes the
             # fsync cheap next to any rate limit.
@@ -390,7 +420,15 @@ class Ledger:
                     await conn.executemany(_UPDATE_SQL, updates)
                     await conn.executemany(_EVENT_SQL, events)
                     updates, events = [], []
-                op.result = await op.custom(conn)
+                # A savepoint per custom op: its failure is its caller's alone, the
+                # rest of the batch still commits.
+                await conn.execute("SAVEPOINT custom_op")
+                try:
+                    op.result = await op.custom(conn)
+                except Exception as exc:
+                    await conn.execute("ROLLBACK TO custom_op")
+                    op.error = _as_ledger_error(exc)
+                await conn.execute("RELEASE custom_op")
             if updates:
                 await conn.executemany(_UPDATE_SQL, updates)
                 await conn.executemany(_EVENT_SQL, events)
@@ -403,29 +441,30 @@ class Ledger:
                 await conn.execute("ROLLBACK")
         for op in batch:
             if error is not None:
-                op.error = (
-                    LedgerError(f"ledger write failed: {redact(str(error))}")
-                    if isinstance(error, aiosqlite.Error | OSError)
-                    else error
-                )
+                op.error = _as_ledger_error(error)
             op.done.set()
 
     async def _submit(self, op: _Op) -> Any:
-        if self._send is None:
-            raise LedgerError("the ledger is closed")
-        await self._send.send(op)
+        await self._enqueue(op)
         await op.done.wait()
         if op.error is not None:
             raise op.error
         return op.result
 
+    async def _enqueue(self, op: _Op) -> None:
+        send = self._send
+        if send is None:
+            raise LedgerError("the ledger is closed")
+        try:
+            await send.send(op)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            raise LedgerError("the ledger is closed") from None
+
     async def write(self, *transitions: Transition) -> None:
         """Queue transitions and return once the commit that holds them is durable."""
         ops = [_Op(t, None, anyio.Event()) for t in transitions]
-        if self._send is None:
-            raise LedgerError("the ledger is closed")
         for op in ops:
-            await self._send.send(op)
+            await self._enqueue(op)
         for op in ops:
             await op.done.wait()
             if op.error is not None:
@@ -461,6 +500,26 @@ class Ledger:
             )
 
         await self.run_in_writer(update)
+
+    async def last_run_summary(self) -> dict[str, Any] | None:
+        """The summary the last finished run recorded, with its times and argv."""
+        async with self._conn.execute(
+            "SELECT id, started_at, finished_at, argv, summary FROM runs"
+            " WHERE finished_at IS NOT NULL ORDER BY id DESC LIMIT 1"
+        ) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        summary = json.loads(row[4]) if row[4] else {}
+        return {
+            "run": row[0],
+            "started_at": row[1],
+            "finished_at": row[2],
+            "argv": json.loads(row[3]) if row[3] else [],
+            "exit_code": summary.get("exit_code"),
+            "stop_reason": summary.get("stop_reason"),
+            "this_run": summary.get("this_run", {}),
+        }
 
     async def last_synced(self) -> tuple[str | None, int | None]:
         """The spec digest and task count of the last run that finished syncing."""
@@ -600,7 +659,7 @@ class Ledger:
             await conn.execute(
                 "INSERT INTO events (at, run, key, state, detail)"
                 f" SELECT ?, ?, key, ?, ? FROM tasks WHERE {cond}",
-                (now, run_id, to_state.value, detail, *args),
+                (now, run_id, to_state.value, redact(detail), *args),
             )
             cur = await conn.execute(
                 f"UPDATE tasks SET {sets} WHERE {cond}", (to_state.value, now, *set_args, *args)
@@ -615,23 +674,30 @@ class Ledger:
         self,
         states: Sequence[TaskState],
         *,
-        after_seq: int = -1,
+        after: tuple[int, str] = (-1, ""),
         limit: int = 500,
         in_run: bool = True,
         where: str = "",
         params: Sequence[Any] = (),
     ) -> list[TaskRow]:
-        """Tasks in ``states`` with ``seq > after_seq``, in seq order, at most ``limit``."""
+        """Tasks in ``states`` after the cursor ``(seq, key)``, in that order, at most ``limit``.
+
+        The cursor includes the key because tasks of an older spec keep their old
+        ``seq``, which may equal a current one.
+        """
         placeholders = ", ".join("?" for _ in states)
-        sql = f"SELECT {_ROW_COLUMNS} FROM tasks WHERE state IN ({placeholders}) AND seq > ?"
-        args: list[Any] = [s.value for s in states] + [after_seq]
+        sql = (
+            f"SELECT {_ROW_COLUMNS} FROM tasks WHERE state IN ({placeholders})"
+            " AND (seq > ? OR (seq = ? AND key > ?))"
+        )
+        args: list[Any] = [s.value for s in states] + [after[0], after[0], after[1]]
         if in_run:
             sql += " AND last_run IS ?"
             args.append(self.run_id)
         if where:
             sql += f" AND ({where})"
             args.extend(params)
-        sql += " ORDER BY seq LIMIT ?"
+        sql += " ORDER BY seq, key LIMIT ?"
         args.append(limit)
         async with self._conn.execute(sql, args) as cur:
             return [_row(r) for r in await cur.fetchall()]
@@ -641,14 +707,14 @@ class Ledger:
     ) -> AsyncIterator[TaskRow]:
         """Every task (in ``states``), in seq order, read a page at a time."""
         wanted = list(states) if states is not None else list(TaskState)
-        after = -1
+        after = (-1, "")
         while True:
-            rows = await self.page(wanted, after_seq=after, limit=page, in_run=in_run)
+            rows = await self.page(wanted, after=after, limit=page, in_run=in_run)
             if not rows:
                 return
             for row in rows:
                 yield row
-            after = rows[-1].seq
+            after = (rows[-1].seq, rows[-1].key)
 
     async def done_files(
         self, *, page: int = 5000

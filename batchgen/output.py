@@ -44,7 +44,6 @@ _WINDOWS_RESERVED: Final = frozenset(
     + [f"lpt{i}" for i in range(10)]
     + ["conin$", "conout$"]
 )
-_UNSAFE: Final = re.compile(r"[^\w.\-]+", re.UNICODE)
 _DASHES: Final = re.compile(r"-{2,}")
 
 
@@ -63,7 +62,14 @@ def slug(value: object, *, max_chars: int | None = None) -> str:
     """
     text = unicodedata.normalize("NFKC", str(value))
     text = "".join(ch if ch.isprintable() else " " for ch in text)
-    text = _UNSAFE.sub("-", text.replace(":", "x") if _looks_like_ratio(text) else text)
+    if _looks_like_ratio(text):
+        text = text.replace(":", "x")
+    # Letters and digits of any script, their combining marks (Devanagari vowel signs,
+    # Hebrew points: \w alone drops them), and ._- ; everything else becomes a dash.
+    text = "".join(
+        ch if ch.isalnum() or ch in "._-" or unicodedata.category(ch)[0] == "M" else "-"
+        for ch in text
+    )
     text = _DASHES.sub("-", text).strip("-. ")
     if max_chars is not None and len(text) > max_chars:
         text = text[:max_chars].rstrip("-. ")
@@ -79,8 +85,12 @@ def _looks_like_ratio(text: str) -> bool:
     return bool(re.fullmatch(r"\d+:\d+", text))
 
 
-def _component(text: str) -> str:
-    """Final safety pass on one path component built from a template."""
+def _component(text: str, *, keep: str = "") -> str:
+    """Final safety pass on one path component built from a template.
+
+    A name over 255 bytes is shortened before ``keep`` (the task key), never through
+    it, so names stay unique.
+    """
     text = "".join(ch for ch in text if ch.isprintable() and ch not in "/\\\0")
     text = text.strip(" ")
     while text.startswith("."):
@@ -93,8 +103,12 @@ def _component(text: str) -> str:
         stem, dot, ext = text.rpartition(".")
         if not dot or len(ext) > 10:
             stem, ext = text, ""
-        keep = MAX_COMPONENT_BYTES - len(ext.encode("utf-8")) - (1 if ext else 0)
-        text = _truncate_bytes(stem, keep).rstrip("-. ") + ("." + ext if ext else "")
+        tail = ""
+        if keep and keep in stem:
+            cut = stem.rindex(keep)
+            stem, tail = stem[:cut], stem[cut:]
+        room = MAX_COMPONENT_BYTES - len((tail + ("." + ext if ext else "")).encode("utf-8"))
+        text = _truncate_bytes(stem, max(0, room)).rstrip("-. ") + tail + ("." + ext if ext else "")
     return text
 
 
@@ -111,18 +125,18 @@ def layout_relpath(layout: str, fields: Mapping[str, object], *, key: str) -> st
     values["key"] = key
     values["key8"] = key[:8]
     values.setdefault("variant", "0")
-    formatter = string.Formatter()
-    used = {f for _, f, _, _ in formatter.parse(layout) if f}
     parts = [p for p in layout.replace("\\", "/").split("/") if p not in ("", ".", "..")]
     if not parts:
-        parts = [DEFAULT_LAYOUT]
+        parts = DEFAULT_LAYOUT.split("/")
+    formatter = string.Formatter()
+    used = {f for part in parts for _, f, _, _ in formatter.parse(part) if f}
     rendered = [_component(p.format_map(_Missing(values))) for p in parts]
-    name = rendered[-1]
+    name = parts[-1].format_map(_Missing(values))
     if not name.lower().endswith(".png"):
         name += ".png"
     if not used & {"key", "key8"}:
         name = name[: -len(".png")] + f"-{key[:8]}.png"
-    rendered[-1] = _component(name)
+    rendered[-1] = _component(name, keep=key[:8])
     return str(PurePosixPath(*rendered))
 
 
@@ -148,11 +162,14 @@ def write_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with tmp.open("w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 async def write_metadata(
@@ -165,11 +182,14 @@ async def write_metadata(
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".{name}.tmp"
     count = 0
-    with tmp.open("w", encoding="utf-8") as fh:
-        async for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False, separators=(", ", ": ")) + "\n")
-            count += 1
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, root / name)
+    try:
+        with tmp.open("w", encoding="utf-8") as fh:
+            async for row in rows:
+                fh.write(json.dumps(row, ensure_ascii=False, separators=(", ", ": ")) + "\n")
+                count += 1
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, root / name)
+    finally:
+        tmp.unlink(missing_ok=True)
     return count

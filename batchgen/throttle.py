@@ -17,7 +17,6 @@ and :meth:`AdaptiveLimit.acquire` sleep.
 
 from __future__ import annotations
 
-import collections
 import math
 import random
 from collections.abc import Callable
@@ -46,7 +45,7 @@ MIN_RATE: Final = 1.0 / 600.0
 class BackoffPolicy:
     """Full-jitter exponential backoff: ``uniform(0, min(cap, base * 2**n))``."""
 
-    base: float = 0.5
+    base: float = 0.25
     cap: float = 60.0
 
 
@@ -74,7 +73,7 @@ class TokenBucket:
 
     def __init__(self, rate: float | None, burst: float = 1.0, *, clock: Clock) -> None:
         self._clock = clock
-        self._rate = rate
+        self._rate = None if rate is None else max(MIN_RATE, rate)
         self.burst = max(1.0, burst)
         self._tokens = self.burst
         self._stamp = clock()
@@ -123,15 +122,22 @@ class TokenBucket:
 class RateEstimator:
     """Finds the service's submission rate when the spec does not give one.
 
-    It counts accepted requests and 429s in windows long enough for ``samples``
-    accepts. A window with 429s in which batchgen sent faster than the service
-    accepted before means the limit was hit, and the accepted count over the window
-    *is* the service's rate: the estimate becomes a little under it (``margin``) and
-    that figure is remembered as the ceiling. 429s that come while batchgen already
-    sends at or under the ceiling are not caused by its pace (an upstream that is
-    busy at random), so they do not cut the rate: without that test a random 10% of
-    429s would ratchet the rate down to nothing. A clean window probes upward by
-    ``growth``. Before the first 429 the rate is unlimited.
+    Before the first 429 there is no rate. The first 429 sets a provisional rate from
+    what the service accepted so far. After that the estimate moves once per window
+    (long enough for ``samples`` answers, between ``min_window`` and ``max_window``),
+    and a window with 429s is judged by comparing it with the window before:
+
+    - the pace changed and what the service accepted did not follow it (by less than
+      half): that is the limit. The window's accepted rate *is* the service's rate,
+      so the estimate goes a little under it (``margin``), by at most a tenth per
+      window so one noisy window cannot do much harm;
+    - what the service accepted followed the pace, up or down: the 429s do not
+      come from the pace but from an upstream busy at random. Treating them as a
+      limit would ratchet the rate down to nothing. The rate probes on;
+    - the pace did not change: the rate holds.
+
+    A window without 429s that used its rate probes upward: doubling while far under
+    the best accepted rate seen (or with none seen), ``growth`` near it.
     """
 
     def __init__(
@@ -139,44 +145,57 @@ class RateEstimator:
         *,
         clock: Clock,
         margin: float = 0.95,
-        growth: float = 1.05,
+        growth: float = 1.10,
         min_window: float = 2.0,
-        samples_per_window: int = 20,
+        max_window: float = 120.0,
+        samples_per_window: int = 40,
+        start_rate: float = 1.0,
     ) -> None:
         self._clock = clock
         self.margin = margin
         self.growth = growth
         self.min_window = min_window
+        self.max_window = max_window
         self.samples = samples_per_window
+        self.start_rate = start_rate
         self.rate: float | None = None
         self.ceiling: float | None = None
+        self._started: float | None = None
+        self._accepted_total = 0
         self._window_start = clock()
         self._accepted = 0
         self._limited = 0
-        self._accept_times: collections.deque[float] = collections.deque(maxlen=4096)
+        self._previous: tuple[float, float] | None = None
 
     def window(self) -> float:
-        """The current window length: long enough to hold ``samples`` accepts."""
+        """The current window length: long enough to hold ``samples`` answers."""
         if self.rate is None:
             return self.min_window
-        return max(self.min_window, self.samples / self.rate)
+        return min(self.max_window, max(self.min_window, self.samples / self.rate))
 
     def on_accepted(self) -> float | None:
         """Record an accepted request; return the new rate when it changes."""
+        if self._started is None:
+            self._started = self._clock()
+        self._accepted_total += 1
         self._accepted += 1
-        self._accept_times.append(self._clock())
         return self._maybe_close()
 
     def on_rate_limited(self) -> float | None:
         """Record a 429; return the new rate when it changes."""
         now = self._clock()
+        if self._started is None:
+            self._started = now
         self._limited += 1
         if self.rate is None:
-            # First sign of a limit. The accepts of the last second include the
-            # service's initial burst, so this overestimates; the first window then
-            # measures the real rate (it is sure to see 429s).
-            recent = sum(1 for t in self._accept_times if t >= now - 1.0)
-            self.rate = max(1.0 / 60.0, recent * self.margin)
+            if self._accepted_total < 10 and self._limited < 5:
+                # Too little evidence yet: one early 429 may be a busy upstream, and
+                # answers arrive out of order. The cooldown slows things meanwhile.
+                return None
+            # The accepts so far include the service's initial burst, so this tends
+            # to overestimate; the first window, sure to see 429s, measures the rate.
+            elapsed = max(0.5, now - self._started)
+            self.rate = max(self.start_rate, self._accepted_total / elapsed)
             self._reset(now)
             return self.rate
         return self._maybe_close()
@@ -186,18 +205,53 @@ class RateEstimator:
         elapsed = now - self._window_start
         if self.rate is None or elapsed < self.window():
             return None
+        sent = self._accepted + self._limited
+        sent_rate = sent / elapsed
         accepted_rate = self._accepted / elapsed
-        sent_rate = (self._accepted + self._limited) / elapsed
+        previous, self._previous = self._previous, (sent_rate, accepted_rate)
         before = self.rate
-        if self._limited:
-            if self.ceiling is None or sent_rate > self.ceiling * 1.02:
-                self.ceiling = max(MIN_RATE, accepted_rate)
-                self.rate = max(MIN_RATE, min(self.rate, accepted_rate) * self.margin)
-        elif self._accepted >= 0.8 * self.rate * elapsed:
-            # Probe upward only when the window actually used the rate it had.
-            self.rate = self.rate * self.growth
+        if not self._limited:
+            self._probe(sent, elapsed, accepted_rate)
+        elif previous is None or previous[0] <= 0:
+            # The first window after the provisional estimate (which the burst
+            # inflates): more than a few 429s mean it was over the limit.
+            over = self.ceiling is None or sent_rate > self.ceiling * 1.02
+            if over and self._limited / sent > 0.05:
+                self._saturated(accepted_rate, first=True)
+        else:
+            paced = sent_rate / previous[0] - 1.0
+            if abs(paced) > 0.03:
+                gained = accepted_rate / previous[1] - 1.0 if previous[1] > 0 else paced
+                # Elastic: what the service accepted followed the pace (up or down),
+                # so the pace, not the service, was the limit.
+                if gained / paced >= 0.5:
+                    self._probe(sent, elapsed, accepted_rate)
+                else:
+                    self._saturated(accepted_rate)
         self._reset(now)
         return self.rate if self.rate != before else None
+
+    def _saturated(self, accepted_rate: float, *, first: bool = False) -> None:
+        assert self.rate is not None
+        if accepted_rate <= 0:
+            self.rate = max(MIN_RATE, self.rate / 2)
+            return
+        self.ceiling = accepted_rate
+        target = min(self.rate, accepted_rate) * self.margin
+        # One noisy window (an upstream busy at random) must not cost more than a
+        # tenth of the rate; the first window may cut the burst-inflated guess fully.
+        self.rate = max(MIN_RATE, target if first else max(target, self.rate * 0.9))
+
+    def _probe(self, sent: int, elapsed: float, accepted_rate: float) -> None:
+        assert self.rate is not None
+        if self.ceiling is not None:
+            self.ceiling = max(self.ceiling, accepted_rate)
+        if sent < 0.6 * self.rate * elapsed:
+            return  # the window did not use the rate it had: no evidence for more
+        far_under = self.ceiling is None or self.rate < 0.8 * self.ceiling
+        self.rate = self.rate * (2.0 if far_under else self.growth)
+        if self.ceiling is not None and far_under:
+            self.rate = min(self.rate, self.ceiling * self.margin)
 
     def _reset(self, now: float) -> None:
         self._window_start = now
@@ -219,12 +273,17 @@ class AdaptiveLimit:
         maximum: int,
         *,
         initial: int | None = None,
+        slow_start: bool = False,
         decrease: float = 0.7,
         hold: float = 1.0,
         clock: Clock,
     ) -> None:
         self.maximum = max(1, maximum)
         self.limit = float(min(self.maximum, initial or self.maximum))
+        # Slow start (as TCP): +1 per success, doubling per round trip, until the first
+        # congestion signal; used when the service's rate is unknown, so the first
+        # contact is not a burst of ``maximum`` requests into a limit.
+        self.slow_start = slow_start
         self.decrease = decrease
         self.hold = hold
         self._clock = clock
@@ -256,7 +315,8 @@ class AdaptiveLimit:
         """Additive increase: +1 slot per window of ``limit`` successes."""
         if self.limit < self.maximum:
             before = self.current
-            self.limit = min(float(self.maximum), self.limit + 1.0 / self.limit)
+            step = 1.0 if self.slow_start else 1.0 / self.limit
+            self.limit = min(float(self.maximum), self.limit + step)
             if self.current != before:
                 self._notify()
 
@@ -266,6 +326,7 @@ class AdaptiveLimit:
         if now - self._last_cut < self.hold:
             return False
         self._last_cut = now
+        self.slow_start = False
         self.limit = max(1.0, self.limit * self.decrease)
         return True
 
@@ -406,14 +467,14 @@ class Throttle:
         self._settle()
         if retry_after is not None and retry_after > self.max_pause:
             raise ParkedError(retry_after)
-        delay = self.pause_for(retry_after)
-        self.consecutive_limited += 1
-        self.paused_until = max(self.paused_until, self._clock() + delay)
-        self.bucket.drain()
         if self.estimator is not None:
             rate = self.estimator.on_rate_limited()
             if rate is not None:
                 self.bucket.set_rate(rate)
+        delay = self.pause_for(retry_after)
+        self.consecutive_limited += 1
+        self.paused_until = max(self.paused_until, self._clock() + delay)
+        self.bucket.drain()
         return delay
 
     def on_failure(self) -> bool:

@@ -132,17 +132,12 @@ async def test_foreign_sqlite_with_a_clashing_table_raises(tmp_path: Path) -> No
     conn.execute("CREATE TABLE tasks (id INTEGER PRIMARY KEY, title TEXT)")
     conn.commit()
     conn.close()
-    with pytest.raises(LedgerError, match=r"other\.sqlite is not a usable batchgen ledger"):
+    with pytest.raises(LedgerError, match=r"other\.sqlite is an SQLite file of another program"):
         async with Ledger.open(path):
             pass
     assert query(path, "PRAGMA table_info(tasks)")[1][1] == "title"  # migration rolled back
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an SQLite file of another program (no batchgen tables) is silently "
-    "converted to WAL and given batchgen's tables instead of being refused",
-)
 async def test_foreign_sqlite_without_our_tables_is_refused(tmp_path: Path) -> None:
     """Any SQLite file that already holds tables but no batchgen migrations is refused."""
     path = tmp_path / "notes.sqlite"
@@ -357,10 +352,6 @@ async def test_secrets_never_reach_the_file(db: Path) -> None:
     assert SK_KEY.encode() not in data
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: bulk_set_state writes ``detail`` to events unredacted (Transition redacts it)",
-)
 async def test_bulk_set_state_detail_is_redacted(db: Path) -> None:
     """The detail of a bulk change passes through redact like a transition's detail."""
     async with Ledger.open(db) as ledger:
@@ -477,11 +468,6 @@ async def test_failing_custom_op_raises_to_its_caller_and_the_writer_goes_on(db:
         assert (row.state, row.price) == (TaskState.DONE, 0.04)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a failing custom op fails the whole group commit: unrelated transitions "
-    "batched with it are rolled back and their writers get the op's exception",
-)
 async def test_failing_custom_op_does_not_fail_transitions_batched_with_it(db: Path) -> None:
     """Transitions committed in the same batch as a failing custom op still land."""
 
@@ -515,11 +501,6 @@ async def test_failing_custom_op_does_not_fail_transitions_batched_with_it(db: P
         assert (outcomes["first"], outcomes["last"]) == ("ok", "ok")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: after the ledger is closed write() raises anyio.ClosedResourceError, "
-    "not the LedgerError('the ledger is closed') its code intends (_send is never reset)",
-)
 async def test_write_after_close_raises_ledger_error(db: Path) -> None:
     """Writing to a closed ledger raises LedgerError."""
     async with Ledger.open(db) as ledger:
@@ -597,13 +578,15 @@ async def test_bulk_set_state_can_reset_attempts_clear_errors_and_limit_to_the_r
 
 
 async def test_page_returns_rows_in_seq_order_after_a_cursor(db: Path) -> None:
-    """page() filters by state, orders by seq, starts after after_seq and stops at limit."""
+    """page() filters by state, orders by seq, starts after the cursor and stops at limit."""
     async with Ledger.open(db) as ledger:
         await ledger.sync(new_task(i, seq=100 - i) for i in range(10))  # seq descends with i
         await ledger.write(Transition("k0004", TaskState.DONE))
         first = await ledger.page([TaskState.PENDING], limit=3)
         assert [r.seq for r in first] == [91, 92, 93]
-        rest = await ledger.page([TaskState.PENDING], after_seq=first[-1].seq, limit=100)
+        rest = await ledger.page(
+            [TaskState.PENDING], after=(first[-1].seq, first[-1].key), limit=100
+        )
         assert [r.seq for r in rest] == [94, 95, 97, 98, 99, 100]  # 96 is done
         filtered = await ledger.page([TaskState.PENDING], where="price > ?", params=[1.0])
         assert filtered == []
@@ -633,12 +616,6 @@ async def test_iter_rows_streams_every_row_a_page_at_a_time(db: Path) -> None:
         assert done == [0, 5, 10, 15, 20]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: iter_rows pages by ``seq > last seq``; tasks of an older spec keep their "
-    "old seq, so equal seqs straddling a page boundary are skipped (metadata.jsonl and "
-    "export then miss rows). Page by (seq, key) instead",
-)
 async def test_iter_rows_does_not_skip_rows_that_share_a_seq(db: Path) -> None:
     """Every row is yielded even when a re-planned spec reuses the seqs of dropped tasks."""
     async with Ledger.open(db) as ledger:

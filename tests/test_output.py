@@ -141,11 +141,6 @@ def test_slug_max_chars_shortens_without_a_trailing_dash() -> None:
     assert slug("abcdefgh", max_chars=3) == "abc"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: slug keeps only \\w, so combining marks (Unicode category M: Devanagari "
-    "vowel signs and virama, Thai vowels, Hebrew points) become dashes: 'हिन्दी' -> 'ह-न-द'",
-)
 @pytest.mark.parametrize("word", ["हिन्दी", "สวัสดี", "தமிழ்", "שָׁלוֹם"])
 def test_slug_keeps_scripts_with_combining_marks(word: str) -> None:
     """Words in scripts that use combining marks survive slugging intact."""
@@ -272,13 +267,6 @@ def test_hostile_layouts_give_safe_paths(layout: str, tmp_path: Path) -> None:
     assert tmp_path.resolve() in resolve_inside(tmp_path, rel).parents
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a layout with no usable part falls back to DEFAULT_LAYOUT as one "
-    "component, so its folders are flattened and the key doubled "
-    "('nano-banana-pro16x9cat-watercolor-3f9a2c1d-3f9a2c1d.png'); split DEFAULT_LAYOUT "
-    "and compute the used fields from it",
-)
 @pytest.mark.parametrize("layout", ["/", ".", "..", "./.."])
 def test_empty_layout_falls_back_to_the_default_layout(layout: str) -> None:
     """A layout with no usable component renders exactly like the default layout."""
@@ -302,12 +290,6 @@ def test_components_stay_under_255_bytes_with_300_byte_inputs(char: str) -> None
         assert rel.endswith(".png")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: when a file name passes 255 bytes, _component cuts the end of the stem, "
-    "which is where {key8} (or the added -key8) sits: two tasks then share one file. "
-    "Truncate the field text and keep the key suffix",
-)
 @pytest.mark.parametrize(
     "layout", ["{prompt}-{style}-{model}-{key8}.png", "{style}-{model}-{aspect_ratio}"]
 )
@@ -422,10 +404,6 @@ def test_failed_write_atomic_keeps_the_old_file(tmp_path: Path) -> None:
     assert path.read_text(encoding="utf-8") == "old"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: write_atomic does not remove its temp file when the write fails",
-)
 def test_failed_write_atomic_leaves_no_temp_file(tmp_path: Path) -> None:
     """A failed write cleans up its temporary file."""
     path = tmp_path / "summary.json"
@@ -506,10 +484,6 @@ async def test_failed_write_metadata_keeps_the_old_manifest(tmp_path: Path) -> N
     assert manifest.read_text(encoding="utf-8") == "old\n"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: write_metadata leaves .metadata.jsonl.tmp behind when the rows fail",
-)
 @pytest.mark.anyio
 async def test_failed_write_metadata_leaves_no_temp_file(tmp_path: Path) -> None:
     """A failed manifest write cleans up its temporary file."""

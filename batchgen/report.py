@@ -1,0 +1,138 @@
+"""Reading and amending a job's ledger outside a run: status, retry, export."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from batchgen.errors import UsageError
+from batchgen.ledger import Ledger, TaskState
+from batchgen.pipeline import is_download_code
+from batchgen.runner import ledger_path
+from batchgen.spec import Spec
+
+__all__ = ["export_rows", "job_status", "retry_tasks"]
+
+
+async def job_status(spec: Spec) -> dict[str, Any]:
+    """Counts by state (every state, ``unknown`` included), failures by code, spend."""
+    path = ledger_path(spec)
+    async with Ledger.open(path, create=False) as ledger:
+        counts = await ledger.counts()
+        totals = await ledger.totals()
+        failures = await ledger.failures_by_code()
+        digest, spec_tasks = await ledger.last_synced()
+        last = await ledger.last_run_summary()
+    return {
+        "job": spec.name,
+        "spec": str(spec.path),
+        "ledger": str(path),
+        "tasks": sum(counts.values()),
+        "counts": counts,
+        "failures_by_code": failures,
+        "spent": totals["spent"],
+        "remaining": totals["remaining"],
+        "currency": spec.currency,
+        "regenerations": int(totals["regenerations"]),
+        "spec_changed": digest != spec.digest,
+        "not_in_spec": (sum(counts.values()) - spec_tasks) if spec_tasks is not None else 0,
+        "last_run": last,
+    }
+
+
+async def retry_tasks(
+    spec: Spec, *, failed: bool, unknown: bool, code: str | None = None
+) -> list[str]:
+    """Mark tasks for the next run; return one line per kind of change.
+
+    Failed tasks whose images exist at the service (a download failed) go back to
+    ``downloading`` (no new charge); those that gave up polling go back to ``running``;
+    the others to ``pending``, attempts reset. ``unknown`` tasks go to ``pending``:
+    they may already have been charged, so resubmitting may pay twice.
+    """
+    if not failed and not unknown:
+        raise UsageError("nothing to retry: give --failed and/or --unknown")
+    lines: list[str] = []
+    where_code = "error_code = ?" if code else ""
+    params = [code] if code else []
+    async with Ledger.open(ledger_path(spec), create=False) as ledger:
+        if failed:
+            codes = sorted({"download_failed", "truncated", "not_an_image", "disk_full"})
+            assert all(is_download_code(c) for c in codes)
+            marks = ", ".join("?" for _ in codes)
+            redownload = await ledger.bulk_set_state(
+                from_states=[TaskState.FAILED],
+                to_state=TaskState.DOWNLOADING,
+                detail="retry: download again",
+                where=" AND ".join(
+                    w for w in (f"error_code IN ({marks}) AND urls IS NOT NULL", where_code) if w
+                ),
+                params=[*codes, *params],
+                reset_attempts=True,
+                clear_error=True,
+            )
+            repoll = await ledger.bulk_set_state(
+                from_states=[TaskState.FAILED],
+                to_state=TaskState.RUNNING,
+                detail="retry: poll again",
+                where=" AND ".join(
+                    w
+                    for w in ("error_code = 'task_timeout' AND remote_id IS NOT NULL", where_code)
+                    if w
+                ),
+                params=params,
+                clear_error=True,
+            )
+            resubmit = await ledger.bulk_set_state(
+                from_states=[TaskState.FAILED],
+                to_state=TaskState.PENDING,
+                detail="retry: resubmit",
+                where=where_code,
+                params=params,
+                reset_attempts=True,
+                clear_error=True,
+            )
+            lines.append(
+                f"failed: {resubmit} to resubmit, {redownload} to download again,"
+                f" {repoll} to poll again"
+            )
+        if unknown:
+            count = await ledger.bulk_set_state(
+                from_states=[TaskState.UNKNOWN],
+                to_state=TaskState.PENDING,
+                detail="retry: resubmit unknown (may pay twice)",
+                where=where_code,
+                params=params,
+                clear_error=True,
+            )
+            lines.append(f"unknown: {count} to resubmit (each may already have been charged)")
+    return lines
+
+
+async def export_rows(spec: Spec) -> list[dict[str, Any]]:
+    """Every task of the ledger with its inputs and results, in plan order."""
+    rows: list[dict[str, Any]] = []
+    async with Ledger.open(ledger_path(spec), create=False) as ledger:
+        async for row in ledger.iter_rows():
+            vars_ = dict(row.vars)
+            rows.append(
+                {
+                    "key": row.key,
+                    "state": row.state.value,
+                    "model": row.model,
+                    "aspect_ratio": vars_.get("aspect_ratio"),
+                    "image_size": vars_.get("image_size"),
+                    "prompt": row.prompt,
+                    "vars": vars_,
+                    "remote_id": row.remote_id,
+                    "attempts": row.attempts,
+                    "error_code": row.error_code,
+                    "error_message": row.error_message,
+                    "price": row.price,
+                    "charged": row.charged,
+                    "path": row.path,
+                    "bytes": row.bytes,
+                    "sha256": row.sha256,
+                    "files": list(row.files),
+                }
+            )
+    return rows
