@@ -60,6 +60,7 @@ class TqdmHook:
     def __init__(self, stream: TextIO = sys.stderr) -> None:
         self.stream = stream
         self.bars: list[Any] = []
+        self._drawn = 0.0
 
     def on_start(self, snapshot: Snapshot) -> None:
         from tqdm import tqdm
@@ -89,24 +90,24 @@ class TqdmHook:
     def on_update(self, snapshot: Snapshot) -> None:
         if not self.bars:
             return
-        values = (snapshot.accepted, snapshot.generated, snapshot.downloaded)
-        for bar, value in zip(self.bars, values, strict=True):
-            if value > bar.total:
-                bar.total = value
-            if value != bar.n:
-                bar.n = value
-                bar.refresh() if time.monotonic() - bar.last_print_t > 0.2 else None
         rpm = f"{snapshot.rpm:.0f}" if snapshot.rpm is not None else "auto"
-        self.bars[0].set_postfix_str(
+        postfixes = (
             f"in flight {snapshot.in_flight}/{snapshot.concurrency}, rpm {rpm},"
             f" 429s {snapshot.rate_limited}",
-            refresh=False,
-        )
-        self.bars[1].set_postfix_str(
             f"failed {snapshot.failed}, unknown {snapshot.unknown}, retried {snapshot.retried}",
-            refresh=False,
+            f"spent {snapshot.spent:.3f}",
         )
-        self.bars[2].set_postfix_str(f"spent {snapshot.spent:.3f}", refresh=False)
+        values = (snapshot.accepted, snapshot.generated, snapshot.downloaded)
+        for bar, value, postfix in zip(self.bars, values, postfixes, strict=True):
+            bar.set_postfix_str(postfix, refresh=False)
+            if value > bar.total:  # retries and regenerations submit more than planned
+                bar.total = value
+            bar.n = value
+        now = time.monotonic()
+        if now - self._drawn >= 0.2:  # redraw all three together, five times a second
+            self._drawn = now
+            for bar in self.bars:
+                bar.refresh()
 
     def on_message(self, level: str, text: str) -> None:
         from tqdm import tqdm
@@ -120,6 +121,44 @@ class TqdmHook:
             bar.refresh()
             bar.close()
         self.bars = []
+
+
+class LineHook:
+    """For a log file rather than a terminal: one status line every ``interval`` seconds."""
+
+    def __init__(self, stream: TextIO = sys.stderr, interval: float = 10.0) -> None:
+        self.stream = stream
+        self.interval = interval
+        self._last = 0.0
+
+    def _line(self, snapshot: Snapshot) -> None:
+        rpm = f"{snapshot.rpm:.0f}" if snapshot.rpm is not None else "auto"
+        print(
+            f"progress: {snapshot.accepted}/{snapshot.to_do} submitted,"
+            f" {snapshot.generated} generated, {snapshot.downloaded} downloaded,"
+            f" {snapshot.failed} failed, {snapshot.unknown} unknown; in flight"
+            f" {snapshot.in_flight}/{snapshot.concurrency}, rpm {rpm},"
+            f" 429s {snapshot.rate_limited}, spent {snapshot.spent:.3f}",
+            file=self.stream,
+            flush=True,
+        )
+
+    def on_start(self, snapshot: Snapshot) -> None:
+        self._last = time.monotonic()
+        self._line(snapshot)
+
+    def on_update(self, snapshot: Snapshot) -> None:
+        now = time.monotonic()
+        if now - self._last >= self.interval:
+            self._last = now
+            self._line(snapshot)
+
+    def on_message(self, level: str, text: str) -> None:
+        prefix = "" if level == "info" else f"{level}: "
+        print(redact(prefix + text), file=self.stream, flush=True)
+
+    def on_finish(self, snapshot: Snapshot) -> None:
+        self._line(snapshot)
 
 
 class JsonHook:
@@ -248,7 +287,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         resubmit_unknown=args.resubmit_unknown,
         argv=["batchgen", *sys.argv[1:]],
     )
-    hook: Any = JsonHook() if args.json else QuietHook() if args.quiet else TqdmHook()
+    hook: Any
+    if args.json:
+        hook = JsonHook()
+    elif args.quiet:
+        hook = QuietHook()
+    elif sys.stderr.isatty():
+        hook = TqdmHook()
+    else:
+        hook = LineHook()
     summary = anyio.run(_run_async, spec, options, hook, args, backend="asyncio")
     if args.json:
         print(json.dumps({"event": "summary", **summary.as_dict()}, ensure_ascii=False))

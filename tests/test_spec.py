@@ -331,8 +331,8 @@ def test_include_can_set_model_for_new_combinations(tmp_path: Path) -> None:
 
 
 def test_documented_example_is_valid(tmp_path: Path) -> None:
-    """The annotated example in docs/spec.md loads and expands to the count it states."""
-    text = (ROOT / "docs" / "spec.md").read_text(encoding="utf-8")
+    """The annotated example in the README loads and expands to the count it states."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
     block = text.split("### A complete annotated example", 1)[1].split("```yaml\n", 1)[1]
     spec = load(tmp_path, block.split("```", 1)[0])
     assert spec.task_count == 14

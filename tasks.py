@@ -1,0 +1,121 @@
+#!/usr/bin/env python3
+"""Developer tasks that need nothing but Python 3.11+: each creates .venv on first use.
+
+    python3 tasks.py demo          run jobs/quickstart.yaml against the built-in simulator
+    python3 tasks.py test          every CI check: ruff, ruff format, mypy --strict, pytest
+    python3 tasks.py reliability   the crash/resume loop and fault matrix (minutes)
+    python3 tasks.py browser       the gallery tests in headless Chromium
+    python3 tasks.py bench         every benchmark scenario, printed as a table
+    python3 tasks.py sim           the simulator on http://127.0.0.1:8787/v1
+
+Extra arguments go to the underlying tool, e.g. ``python3 tasks.py test -k ledger``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+PY = BIN / ("python.exe" if os.name == "nt" else "python")
+STAMP = VENV / ".installed"
+
+
+def _inputs_digest() -> str:
+    digest = hashlib.sha256()
+    for name in ("pyproject.toml", "constraints.txt"):
+        digest.update((ROOT / name).read_bytes())
+    return digest.hexdigest()
+
+
+def ensure_venv() -> None:
+    """Create .venv and install batchgen with its dev tools, pinned by constraints.txt."""
+    if sys.version_info < (3, 11):  # noqa: UP036 - this script runs before any check
+        sys.exit(f"batchgen needs Python 3.11 or newer; this is {sys.version.split()[0]}")
+    wanted = _inputs_digest()
+    if STAMP.exists() and STAMP.read_text() == wanted and PY.exists():
+        return
+    if not PY.exists():
+        print("creating .venv ...", flush=True)
+        venv.EnvBuilder(with_pip=True, clear=True).create(VENV)
+    print("installing batchgen and its dev tools into .venv ...", flush=True)
+    pip = [str(PY), "-m", "pip", "--disable-pip-version-check", "install", "--quiet"]
+    subprocess.run([*pip, "--upgrade", "pip"], check=True, cwd=ROOT)
+    subprocess.run([*pip, "-c", "constraints.txt", "-e", ".[dev]"], check=True, cwd=ROOT)
+    STAMP.write_text(wanted)
+
+
+def run(*argv: str) -> int:
+    """Run a command from .venv in the project folder; return its exit code."""
+    print("$", " ".join(argv), flush=True)
+    return subprocess.run(argv, cwd=ROOT, check=False).returncode
+
+
+def tool(name: str) -> str:
+    return str(BIN / name)
+
+
+def task_demo(extra: list[str]) -> int:
+    return run(tool("batchgen"), "run", "jobs/quickstart.yaml", "--sim", *extra)
+
+
+def task_test(extra: list[str]) -> int:
+    for step in (
+        (tool("ruff"), "check", "."),
+        (tool("ruff"), "format", "--check", "."),
+        (tool("mypy"),),
+    ):
+        if code := run(*step):
+            return code
+    return run(tool("pytest"), "-q", *extra)
+
+
+def task_reliability(extra: list[str]) -> int:
+    return run(tool("pytest"), "-q", "-s", "-m", "reliability", *extra)
+
+
+def task_browser(extra: list[str]) -> int:
+    if not shutil.which("chromium") and Path("/usr/bin/apt-get").exists():
+        print("installing Debian's chromium (needs root) ...", flush=True)
+        subprocess.run(["/usr/bin/apt-get", "install", "-y", "-q", "chromium"], check=False)
+    return run(tool("pytest"), "-q", "-m", "browser", *extra)
+
+
+def task_bench(extra: list[str]) -> int:
+    return run(str(PY), "-m", "benchmarks", *extra)
+
+
+def task_sim(extra: list[str]) -> int:
+    return run(tool("batchgen"), "sim", "--port", "8787", *extra)
+
+
+TASKS = {
+    "demo": task_demo,
+    "test": task_test,
+    "reliability": task_reliability,
+    "browser": task_browser,
+    "bench": task_bench,
+    "sim": task_sim,
+}
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in TASKS:
+        print(__doc__, file=sys.stderr)
+        return 2
+    ensure_venv()
+    try:
+        return TASKS[argv[0]](argv[1:])
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
