@@ -61,6 +61,7 @@ from batchgen.responses import (
     parse_model_status,
     parse_submission,
     parse_task,
+    unwrap,
 )
 
 __all__ = [
@@ -301,8 +302,12 @@ class CobabaClient:
     @asynccontextmanager
     async def _stream(
         self, url: str, *, route: str, json_body: Mapping[str, Any], read_timeout: float
-    ) -> AsyncIterator[AsyncIterator[object]]:
-        """Open an SSE response; yield an iterator of decoded ``data:`` payloads."""
+    ) -> AsyncIterator[tuple[AsyncIterator[object], str | None]]:
+        """Open an SSE response; yield the decoded ``data:`` payloads and the request id.
+
+        A JSON answer where a stream was expected is read as an ordinary answer, so a
+        business error (HTTP 200, ``code != 0``) raises BusinessError, not a format error.
+        """
         request = self._http.build_request(
             "POST",
             url,
@@ -319,9 +324,10 @@ class CobabaClient:
                 "content-type", ""
             ):
                 await response.aread()
-                decode_response(response, route)
+                body, request_id = decode_response(response, route)
+                unwrap(body, route=route, request_id=request_id)
                 raise ResponseFormatError("expected an event stream", route=route)
-            yield _sse_payloads(response, route)
+            yield _sse_payloads(response, route), response.headers.get("x-oneapi-request-id")
         except httpx.HTTPError as exc:
             raise translate_transport_error(exc, route) from None
         finally:
@@ -387,11 +393,11 @@ class CobabaClient:
         label = f"POST {route}"
         async with self._stream(
             self._url(route), route=label, json_body=body, read_timeout=self.timeouts.sync
-        ) as payloads:
+        ) as (payloads, request_id):
 
             async def frames() -> AsyncIterator[TaskInfo]:
                 async for payload in payloads:
-                    info = parse_task(payload, route=label)
+                    info = parse_task(payload, route=label, request_id=request_id)
                     yield info
                     if info.status.terminal:
                         return
@@ -473,12 +479,12 @@ class CobabaClient:
             route=label,
             json_body={**body, "stream": True},
             read_timeout=self.timeouts.sync,
-        ) as payloads:
+        ) as (payloads, request_id):
 
             async def chunks() -> AsyncIterator[ChatChunk]:
                 async for payload in payloads:
                     if isinstance(payload, Mapping) and isinstance(payload.get("error"), Mapping):
-                        raise error_for_status(None, payload, label, None)
+                        raise error_for_status(None, payload, label, request_id)
                     yield parse_chat_chunk(payload, route=label)
 
             yield chunks()

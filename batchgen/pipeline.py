@@ -305,6 +305,8 @@ class Pipeline:
         Rows ``running`` or ``downloading`` last updated before ``started_at`` (left by
         an earlier run) are polled or downloaded; ``pending`` rows are submitted.
         """
+        self.snap.concurrency = self.inflight.current
+        self.snap.spent = self._spent
         self.hook.on_start(self.snap)
         with self._main_scope:
             async with anyio.create_task_group() as tg:

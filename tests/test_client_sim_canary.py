@@ -490,25 +490,12 @@ async def test_canary_key_works_while_valid(world: World, caplog: pytest.LogCapt
     assert_absent(world.secrets.needles()[:2], list(bodies.values()), "a /_sim body")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: SimConfig.to_json masks API keys but returns playground session cookies "
-    "(also credentials) in clear in GET /_sim/config",
-)
 async def test_session_cookie_absent_from_sim_config(world: World) -> None:
     """GET /_sim/config does not reveal a playground session cookie (a login credential)."""
     bodies = await sim_bodies(world.sim)
     assert world.secrets.session not in bodies["/_sim/config"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG (low): the simulator's access log, once a handler is attached to "
-    "uvicorn.access, records GET /client/common/getCredits?apikey=<key> in clear; "
-    "uvicorn's access_log=False only strips handlers at start-up",
-)
 async def test_canary_absent_from_an_enabled_access_log(
     world: World, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -444,13 +444,6 @@ async def test_stream_cut_mid_task_is_connection_lost(sim: SimServer) -> None:
     assert caught.value.route == "POST /api/generate"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: CobabaClient._stream turns a 2xx non-SSE answer straight into "
-    "ResponseFormatError (accepted UNKNOWN) without reading its {code, msg} envelope, "
-    "so 'insufficient credits' on generate_stream is not a BusinessError",
-)
 async def test_stream_business_error_is_a_business_error(sim_factory: SimFactory) -> None:
     """Insufficient credits on generate_stream is BusinessError (accepted NO), as on json/async."""
     async with (
@@ -464,13 +457,6 @@ async def test_stream_business_error_is_a_business_error(sim_factory: SimFactory
     assert caught.value.code == "code_-1"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: chat_completions_stream builds the mid-stream APIError with request_id=None "
-    "although the stream's response carried X-Oneapi-Request-Id (protocol: keep it in "
-    "error reports)",
-)
 async def test_chat_stream_error_keeps_the_request_id(sim: SimServer) -> None:
     """An error frame mid-stream reports the X-Oneapi-Request-Id of the stream's response."""
     body = {

@@ -184,6 +184,8 @@ class SimConfig:
                 value = dict(value)
             data[f.name] = value
         data["keys"] = [mask_key(k) for k in self.keys]
+        # Session cookies are credentials too.
+        data["sessions"] = {"***" + s[-4:]: user for s, user in self.sessions.items()}
         return data
 
     def summary(self) -> str:

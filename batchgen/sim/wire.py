@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from email.utils import formatdate
 from typing import Any
 
 from batchgen.catalog import IMAGE_SIZES, family_of, image_dimensions
+from batchgen.errors import redact
 
 __all__ = [
     "ChatRequest",
@@ -445,8 +447,26 @@ class _QuietDrops(logging.Filter):
 _FILTER = _QuietDrops()
 
 
+class _MaskAccessKeys(logging.Filter):
+    """Masks secrets in access-log lines: ``getCredits?apikey=`` carries the key."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = redact(re.sub(r"apikey=[^&\s\"]+", "apikey=***", message))
+        if masked != message:
+            record.msg, record.args = masked, ()
+        return True
+
+
+_ACCESS_FILTER = _MaskAccessKeys()
+
+
 def quiet_deliberate_drops() -> None:
-    """Keep uvicorn from logging tracebacks for :class:`ConnectionDrop` (idempotent)."""
+    """Keep uvicorn from logging tracebacks for :class:`ConnectionDrop`, and from logging
+    keys if anyone enables its access log (idempotent)."""
     logger = logging.getLogger("uvicorn.error")
     if _FILTER not in logger.filters:
         logger.addFilter(_FILTER)
+    access = logging.getLogger("uvicorn.access")
+    if _ACCESS_FILTER not in access.filters:
+        access.addFilter(_ACCESS_FILTER)
