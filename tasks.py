@@ -85,6 +85,8 @@ def task_browser(extra: list[str]) -> int:
     if not shutil.which("chromium") and Path("/usr/bin/apt-get").exists():
         print("installing Debian's chromium (needs root) ...", flush=True)
         subprocess.run(["/usr/bin/apt-get", "install", "-y", "-q", "chromium"], check=False)
+    # Playwright drives that Chromium; it never downloads a browser of its own here.
+    run(str(PY), "-m", "pip", "install", "--quiet", "-c", "constraints.txt", "-e", ".[browser]")
     return run(tool("pytest"), "-q", "-m", "browser", *extra)
 
 

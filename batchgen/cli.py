@@ -301,6 +301,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(json.dumps({"event": "summary", **summary.as_dict()}, ensure_ascii=False))
     else:
         print(_format_summary(summary, spec))
+    if args.gallery:
+        from batchgen.gallery import build_gallery
+
+        index = anyio.run(build_gallery, spec, backend="asyncio")
+        print(f"  gallery: {index}", file=sys.stderr if args.json else sys.stdout)
     return int(summary.exit_code)
 
 
@@ -533,6 +538,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow a matrix this large (overrides limits.max_tasks)",
     )
     p.add_argument(
+        "--gallery", action="store_true", help="write the HTML gallery at the end of the run"
+    )
+    p.add_argument(
         "--resubmit-unknown",
         action="store_true",
         help="resubmit tasks whose submission answer was lost (may pay twice)",
@@ -571,6 +579,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("jsonl", "csv"), default="jsonl", help="output format")
     p.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
     _sim_flag(p)
+
+    from batchgen.gallery import configure_parser as gallery_parser
+    from batchgen.gallery import run_from_args as gallery_run
+
+    p = add("gallery", gallery_run, "write index.html: the job's images on labelled grids, offline")
+    gallery_parser(p)
 
     from batchgen.sim.cli import configure_parser
 
