@@ -57,8 +57,8 @@ def _setup_logging(verbosity: int) -> None:
 class TqdmHook:
     """Three tqdm bars (submitted, generated, downloaded) with rate, ETA, 429s and limits."""
 
-    def __init__(self, stream: TextIO = sys.stderr) -> None:
-        self.stream = stream
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr  # looked up now, not at import
         self.bars: list[Any] = []
         self._drawn = 0.0
 
@@ -126,8 +126,8 @@ class TqdmHook:
 class LineHook:
     """For a log file rather than a terminal: one status line every ``interval`` seconds."""
 
-    def __init__(self, stream: TextIO = sys.stderr, interval: float = 10.0) -> None:
-        self.stream = stream
+    def __init__(self, stream: TextIO | None = None, interval: float = 10.0) -> None:
+        self.stream = stream or sys.stderr
         self.interval = interval
         self._last = 0.0
 
@@ -164,8 +164,8 @@ class LineHook:
 class JsonHook:
     """JSON lines on stdout for scripts: messages, progress (at most once a second)."""
 
-    def __init__(self, stream: TextIO = sys.stdout) -> None:
-        self.stream = stream
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stdout
         self._last = 0.0
 
     def _emit(self, event: dict[str, Any]) -> None:
@@ -635,5 +635,7 @@ def _report(exc: BaseException, *, verbose: int) -> int:
 
 
 def entrypoint() -> None:
-    """The console script."""
-    sys.exit(main())
+    """The console script (kept for callers of ``batchgen.cli:entrypoint``)."""
+    from batchgen.__main__ import entrypoint as run_cli
+
+    run_cli()

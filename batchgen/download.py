@@ -187,6 +187,7 @@ class Downloader:
         for _ in range(_MAX_REDIRECTS + 1):
             try:
                 async with self._http.stream("GET", current) as response:
+                    self._check_peer(response, current)
                     if response.is_redirect:
                         target = urljoin(current, response.headers.get("location", ""))
                         await self._check_redirect(current, target)
@@ -198,6 +199,20 @@ class Downloader:
             except httpx.HTTPError as exc:
                 raise _translate(exc, url) from None
         raise UnsafeURLError(f"more than {_MAX_REDIRECTS} redirects", url=url)
+
+    def _check_peer(self, response: httpx.Response, url: str) -> None:
+        """Refuse an answer from a private address: the name was checked before the
+        request, but httpx resolved it again to connect (DNS rebinding)."""
+        if self.allow_local:
+            return
+        stream = response.extensions.get("network_stream")
+        if stream is None:  # a transport that is not a socket (tests)
+            return
+        peer = stream.get_extra_info("server_addr")
+        if peer and is_local_host(str(peer[0])):
+            raise UnsafeURLError(
+                f"refused result URL: connected to private address {peer[0]}", url=url
+            )
 
     async def _check_redirect(self, source: str, target: str) -> None:
         a, b = urlsplit(source), urlsplit(target)
@@ -234,7 +249,7 @@ class Downloader:
             raise DownloadTooLargeError(
                 f"image of {int(declared):,} bytes exceeds the cap of {self.max_bytes:,}", url=url
             )
-        part = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}{PART_SUFFIX}")
+        part = _part_path(dest)
         digest = hashlib.sha256()
         size = 0
         try:
@@ -274,7 +289,7 @@ class Downloader:
                 f"inline image of {len(data):,} bytes exceeds the cap of {self.max_bytes:,}"
             )
         dest.parent.mkdir(parents=True, exist_ok=True)
-        part = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}{PART_SUFFIX}")
+        part = _part_path(dest)
         try:
             with part.open("wb") as fh:
                 fh.write(data)
@@ -289,6 +304,11 @@ class Downloader:
             with contextlib.suppress(FileNotFoundError):
                 part.unlink()
         return SavedImage(dest, len(data), hashlib.sha256(data).hexdigest(), width, height, fmt)
+
+
+def _part_path(dest: Path) -> Path:
+    # Short and independent of the final name, which may already use all 255 bytes.
+    return dest.with_name(f".bg-{secrets.token_hex(6)}{PART_SUFFIX}")
 
 
 def _fsync_dir(path: Path) -> None:

@@ -390,6 +390,12 @@ class Ledger:
     # --- the writer ------------------------------------------------------------------
 
     async def _writer(self, receive: MemoryObjectReceiveStream[_Op]) -> None:
+        # Shielded: the writer must outlive a cancellation of the caller, whose cleanup
+        # still records things; it ends when the ledger closes its queue.
+        with anyio.CancelScope(shield=True):
+            await self._write_loop(receive)
+
+    async def _write_loop(self, receive: MemoryObjectReceiveStream[_Op]) -> None:
         async with receive:
             async for first in receive:
                 batch = [first]
@@ -628,6 +634,7 @@ class Ledger:
         reset_attempts: bool = False,
         clear_error: bool = False,
         error: tuple[str, str] | None = None,
+        restart_clock: bool = False,
     ) -> int:
         """Move every matching task to ``to_state`` with an event each; returns the count.
 
@@ -648,6 +655,9 @@ class Ledger:
         if reset_attempts:
             sets += ", attempts = 0"
         set_args: list[Any] = []
+        if restart_clock:  # a task sent back to polling gets a new task_timeout
+            sets += ", submitted_at = ?"
+            set_args.append(time.time())
         if clear_error:
             sets += ", error_code = NULL, error_message = NULL"
         elif error is not None:

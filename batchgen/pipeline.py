@@ -94,6 +94,8 @@ class _Task:
     download_attempts: int = 0
     results: tuple[ResultImage, ...] = ()
     slot: bool = False
+    settled: bool = False  # needs nothing more from this run
+    adopted: bool = False  # left at the service (or half-downloaded) by an earlier run
     phase: str = "queued"  # queued → intent → sent → answered → settled
 
     @property
@@ -248,8 +250,7 @@ class Pipeline:
             scope.deadline = min(scope.deadline, deadline)
         self._submit_scope.cancel()
         for task in self.queue.drain():
-            self._release_slot(task)
-            self.outstanding -= 1
+            self._settle(task)
         self.queue.close()
         self._check_idle()
 
@@ -277,13 +278,17 @@ class Pipeline:
         self.hook.on_update(snap)
 
     def _message(self, level: str, text: str) -> None:
-        log.log(logging.getLevelName(level.upper()), "%s", text)
+        # The hook is how messages reach people; the log gets them at DEBUG only, so a
+        # library caller without logging set up never sees them twice on stderr.
+        log.debug("%s: %s", level, text)
         self.hook.on_message(level, text)
 
     def _settle(self, task: _Task) -> None:
-        """This task needs nothing more from this run."""
+        """This task needs nothing more from this run (idempotent)."""
         self._release_slot(task)
-        self.outstanding -= 1
+        if not task.settled:
+            task.settled = True
+            self.outstanding -= 1
         self._check_idle()
 
     def _check_idle(self) -> None:
@@ -348,6 +353,7 @@ class Pipeline:
                     for row in rows:
                         after = (row.seq, row.key)
                         task = self._adopt(row)
+                        task.adopted = True
                         if state is TaskState.RUNNING and row.remote_id:
                             task.slot = True
                             self.inflight.in_use += 1
@@ -383,7 +389,11 @@ class Pipeline:
                 for row in rows:
                     after = (row.seq, row.key)
                     task = self._adopt(row)
-                    await self.queue.put_fresh(task)
+                    try:
+                        await self.queue.put_fresh(task)
+                    except BaseException:
+                        self._settle(task)  # cancelled (a stop): it stays pending
+                        raise
         finally:
             self._feeding_done = True
             self._check_idle()
@@ -404,8 +414,7 @@ class Pipeline:
                 elif kind == "download":
                     await self._dl_send.send(task)
                 elif self.stopping:
-                    self.outstanding -= 1
-                    self._check_idle()
+                    self._settle(task)
                 else:
                     self.queue.put_retry(task)
             self._heap_changed = anyio.Event()
@@ -419,8 +428,7 @@ class Pipeline:
         """Send a task back to submission after ``delay`` (still outstanding)."""
         self._release_slot(task)
         if self.stopping:
-            self.outstanding -= 1
-            self._check_idle()
+            self._settle(task)
             return
         self.snap.retried += 1
         self._schedule(delay, "submit", task)
@@ -436,12 +444,18 @@ class Pipeline:
             task = await self.queue.get()
             if task is None:
                 return
-            await self._submit_one(task)
+            try:
+                await self._submit_one(task)
+            except BaseException:
+                if task.phase == "queued":  # cancelled before sending: still pending
+                    self._settle(task)
+                raise
 
     async def _submit_one(self, task: _Task) -> None:
         row = task.row
         if row.model in self.blocked_models:
-            await self._fail(task, "token_model_forbidden", f"model {row.model} is forbidden")
+            # Already failed in the ledger (and counted) when the model was blocked.
+            self._settle(task)
             return
         if self._over_budget(row.price):
             self.budget_skipped += 1
@@ -465,11 +479,10 @@ class Pipeline:
             # Things changed while this worker waited for its turn; look again.
             self.throttle.on_abandoned()
             self.throttle.bucket.refund()
-            self._release_slot(task)
             if self.stopping:
-                self.outstanding -= 1
-                self._check_idle()
+                self._settle(task)
             else:
+                self._release_slot(task)
                 self.queue.put_retry(task)
             return
         self._reserved += row.price
@@ -602,6 +615,8 @@ class Pipeline:
             return
         self.throttle.on_success()  # the service answered: it is up
         if isinstance(exc, BusinessError):
+            # Often the account's problem (no credits), not the task's: the task stays
+            # pending, and the same refusal three times in a row stops the run.
             code, streak = self._business_streak
             streak = streak + 1 if code == exc.code else 1
             self._business_streak = (exc.code, streak)
@@ -609,6 +624,10 @@ class Pipeline:
                 await self._back_to_pending(task, exc, counted=False)
                 self._settle(task)
                 self._fail_run(exc)
+                return
+            if task.attempts < self.limits.max_attempts:
+                await self._back_to_pending(task, exc, counted=True)
+                self._retry_later(task, full_jitter(BackoffPolicy(), task.attempts, self._rng))
                 return
         await self._fail(task, exc.code, str(exc))
 
@@ -654,10 +673,11 @@ class Pipeline:
 
     async def _block_model(self, task: _Task, exc: BatchgenError) -> None:
         model = task.row.model
+        first = model not in self.blocked_models
+        self.blocked_models.add(model)  # before any await: other workers see it at once
         await self._fail(task, exc.code, str(exc))
-        if model in self.blocked_models:
+        if not first:
             return
-        self.blocked_models.add(model)
         count = await self.ledger.bulk_set_state(
             from_states=[TaskState.PENDING],
             to_state=TaskState.FAILED,
@@ -720,7 +740,20 @@ class Pipeline:
     def _first_poll_delay(self) -> float:
         if self._latency_ewma is None:
             return self.limits.first_poll
-        return max(0.05, 0.9 * self._latency_ewma)
+        return min(max(0.05, 0.9 * self._latency_ewma), 4 * self.limits.max_poll_interval)
+
+    def _observe_latency(self, task: _Task) -> None:
+        """Learn when to poll first from a task just found finished."""
+        latency = anyio.current_time() - task.submitted_mono
+        if self._latency_ewma is None:
+            self._latency_ewma = latency
+        elif task.polls <= 1:
+            # Done at its first poll: the real latency was shorter than observed, by an
+            # unknown amount, so probe much earlier next time. Polls are free, and the
+            # progress a running answer reports makes the next poll precise anyway.
+            self._latency_ewma = 0.25 * min(self._latency_ewma, latency)
+        else:
+            self._latency_ewma = 0.8 * self._latency_ewma + 0.2 * latency
 
     def _next_poll_delay(self, task: _Task, info: TaskInfo | None) -> float:
         elapsed = anyio.current_time() - task.submitted_mono
@@ -741,12 +774,6 @@ class Pipeline:
 
     async def _poll_one(self, task: _Task) -> None:
         assert task.remote_id is not None
-        elapsed = anyio.current_time() - task.submitted_mono
-        if elapsed > self.limits.task_timeout:
-            await self._fail(
-                task, "task_timeout", f"no result after {elapsed:,.0f}s (remote {task.remote_id})"
-            )
-            return
         await self.poll_throttle.acquire()
         task.polls += 1
         try:
@@ -778,14 +805,22 @@ class Pipeline:
             return
         self.poll_throttle.on_success()
         if not info.status.terminal:
+            # Timed out only after a poll that still says running (a task `retry`
+            # sends back to running gets the poll it was promised).
+            elapsed = anyio.current_time() - task.submitted_mono
+            if elapsed > self.limits.task_timeout:
+                await self._fail(
+                    task,
+                    "task_timeout",
+                    f"no result after {elapsed:,.0f}s (remote {task.remote_id})",
+                )
+                return
             self._schedule(self._next_poll_delay(task, info), "poll", task)
             return
         # A task the service finished is the round trip that grows the in-flight limit.
         self.inflight.on_success()
-        latency = anyio.current_time() - task.submitted_mono
-        self._latency_ewma = (
-            latency if self._latency_ewma is None else 0.8 * self._latency_ewma + 0.2 * latency
-        )
+        if not task.adopted:  # an earlier run's task: its age says nothing of latency
+            self._observe_latency(task)
         if info.succeeded:
             await self._generated(task, info.results, remote_id=task.remote_id)
             return
@@ -924,10 +959,20 @@ class Pipeline:
         self._settle(task)
 
     async def _regenerate(self, task: _Task, message: str) -> None:
+        if task.regenerations + 1 >= self.limits.max_attempts:
+            # Each regeneration is paid for: a URL that is always gone by the time it
+            # is fetched must not make the run pay forever.
+            await self._fail(
+                task,
+                "url_expired",
+                f"result URL expired {task.regenerations + 1} times; giving up ({message})",
+            )
+            return
         task.regenerations += 1
         task.remote_id = None
         task.results = ()
         self.snap.regenerated += 1
+        warn = self.snap.regenerated <= 3  # decided before the await: workers race here
         await self.ledger.write(
             Transition(
                 task.key,
@@ -940,7 +985,7 @@ class Pipeline:
                 detail="result URL expired: regenerate",
             )
         )
-        if task.regenerations == 1 and self.snap.regenerated <= 3:
+        if warn:
             self._message(
                 "warning", f"a result URL expired before download; regenerating ({message})"
             )

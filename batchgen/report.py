@@ -74,6 +74,7 @@ async def retry_tasks(
                 from_states=[TaskState.FAILED],
                 to_state=TaskState.RUNNING,
                 detail="retry: poll again",
+                restart_clock=True,
                 where=" AND ".join(
                     w
                     for w in ("error_code = 'task_timeout' AND remote_id IS NOT NULL", where_code)

@@ -25,7 +25,7 @@ import anyio
 
 from batchgen.client import BearerAuth, CobabaClient, PlaygroundAuth, Timeouts
 from batchgen.download import PART_SUFFIX, Downloader, is_local_host
-from batchgen.errors import ConfigError, leaf_error
+from batchgen.errors import ConfigError, LedgerError, leaf_error
 from batchgen.ledger import LEDGER_NAME, Ledger, NewTask, TaskState, Transition
 from batchgen.matrix import count_tasks, expand, materialize_request
 from batchgen.output import SUMMARY_NAME, layout_relpath, write_atomic, write_metadata
@@ -379,13 +379,40 @@ async def arun(
             raise leaf_error(group) from None
         finally:
             with anyio.CancelScope(shield=True):
-                await write_metadata(output, _metadata_rows(ledger))
-                summary = await summarize(ledger, spec, started=started, pipeline=pipeline)
-                await ledger.end_run(summary.as_dict())
-                write_atomic(output / SUMMARY_NAME, _json(summary.as_dict()))
+                summary = await _close_run(ledger, spec, output, hook, started, pipeline)
         if pipeline.fatal is not None:
             raise pipeline.fatal
         return summary
+
+
+async def _close_run(
+    ledger: Ledger,
+    spec: Spec,
+    output: Path,
+    hook: ProgressHook,
+    started: float,
+    pipeline: Pipeline,
+) -> RunSummary:
+    """Write the manifest and the summary, and record the end of the run.
+
+    Each step is tried on its own: on a full disk the error that stopped the run must
+    reach the user, not a second failure of the clean-up. What is skipped here is
+    rebuilt from the ledger by the next run.
+    """
+    try:
+        await write_metadata(output, _metadata_rows(ledger))
+    except OSError as exc:
+        hook.on_message("warning", f"could not rewrite {output / 'metadata.jsonl'}: {exc}")
+    summary = await summarize(ledger, spec, started=started, pipeline=pipeline)
+    try:
+        await ledger.end_run(summary.as_dict())
+    except LedgerError as exc:
+        hook.on_message("warning", f"could not record the end of the run: {exc}")
+    try:
+        write_atomic(output / SUMMARY_NAME, _json(summary.as_dict()))
+    except OSError as exc:
+        hook.on_message("warning", f"could not write {output / SUMMARY_NAME}: {exc}")
+    return summary
 
 
 def _json(data: Any) -> str:

@@ -256,6 +256,9 @@ def _resolve(
     ctx = Context(doc, absolute.parent, max_rows=limits.max_tasks)
     name = model.name or absolute.stem
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "job"
+    if model.output is not None and any(ord(c) < 32 for c in model.output):
+        ctx.error(("output",), "output must be a plain path: no NUL or control characters")
+        model = model.model_copy(update={"output": None})
     output = Path(model.output or f"out/{slug}").expanduser()
     output_dir = Path(os.path.normpath(absolute.parent / output))
     spec_url = model.api.base_url

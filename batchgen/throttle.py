@@ -372,6 +372,7 @@ class Throttle:
         self.paused_until = -math.inf
         self.consecutive_limited = 0
         self.consecutive_failures = 0
+        self._escalations = 0
         self.rate_limited = 0
         self._probing = False
         self._changed = anyio.Event()
@@ -432,6 +433,7 @@ class Throttle:
         self.consecutive_limited = 0
         if self.consecutive_failures:
             self.consecutive_failures = 0
+            self._escalations = 0
             self.paused_until = min(self.paused_until, self._clock())
         self._settle()
         if self.estimator is not None:
@@ -483,10 +485,14 @@ class Throttle:
         It does not count when the breaker was already open: the service is down.
         """
         counted = not self.breaker_open
-        self.consecutive_failures += 1
+        if counted or self.cooldown_remaining() <= 0:
+            # While a pause runs, failures are answers to requests sent before it: they
+            # say nothing new, so only the probe sent after the pause escalates it.
+            self.consecutive_failures += 1
+            self._escalations += 1 if self.breaker_open else 0
         self._settle()
-        if self.breaker_open:
-            n = self.consecutive_failures - self.breaker_threshold
+        if self.breaker_open and self.cooldown_remaining() <= 0:
+            n = self._escalations - 1
             ceiling = min(self.breaker_backoff.cap, self.breaker_backoff.base * 2.0 ** min(n, 30))
             # Equal jitter: never less than half the step, so probes really spread out.
             delay = ceiling / 2 + self._rng.uniform(0.0, ceiling / 2)
