@@ -188,19 +188,15 @@ class Pipeline:
         self.throttle = Throttle(
             rate_per_minute=limits.requests_per_minute,
             burst=limits.burst,
+            # An unknown rate is probed from 10/s up, not met with a burst of everything.
+            probe_from=10.0,
             max_pause=limits.max_retry_after,
             rng=self._rng,
         )
         self.poll_throttle = Throttle(
             rate_per_minute=None, discover=False, max_pause=limits.max_retry_after, rng=self._rng
         )
-        unknown_rate = limits.requests_per_minute is None
-        self.inflight = AdaptiveLimit(
-            limits.concurrency,
-            initial=min(limits.concurrency, 8) if unknown_rate else None,
-            slow_start=unknown_rate,
-            clock=anyio.current_time,
-        )
+        self.inflight = AdaptiveLimit(limits.concurrency, clock=anyio.current_time)
         self.queue = _WorkQueue(bound=max(4, limits.concurrency * 2))
         self._heap: list[tuple[float, int, str, _Task]] = []
         self._heap_changed = anyio.Event()

@@ -150,6 +150,7 @@ class RateEstimator:
         max_window: float = 120.0,
         samples_per_window: int = 40,
         start_rate: float = 1.0,
+        initial_rate: float | None = None,
     ) -> None:
         self._clock = clock
         self.margin = margin
@@ -158,8 +159,13 @@ class RateEstimator:
         self.max_window = max_window
         self.samples = samples_per_window
         self.start_rate = start_rate
-        self.rate: float | None = None
+        # With an initial rate, the estimator probes from there (doubling each window
+        # that used its rate) instead of starting unlimited: like TCP's slow start, so
+        # the first contact with an unknown limit is not a burst of 429s.
+        self.rate: float | None = initial_rate
         self.ceiling: float | None = None
+        self._limit_seen = False
+        self._probing = initial_rate is not None
         self._started: float | None = None
         self._accepted_total = 0
         self._window_start = clock()
@@ -171,6 +177,8 @@ class RateEstimator:
         """The current window length: long enough to hold ``samples`` answers."""
         if self.rate is None:
             return self.min_window
+        if self._probing:
+            return 1.0  # climbing from the initial rate: no limit met, nothing to measure
         return min(self.max_window, max(self.min_window, self.samples / self.rate))
 
     def on_accepted(self) -> float | None:
@@ -187,7 +195,7 @@ class RateEstimator:
         if self._started is None:
             self._started = now
         self._limited += 1
-        if self.rate is None:
+        if not self._limit_seen and self.ceiling is None:
             if self._accepted_total < 10 and self._limited < 5:
                 # Too little evidence yet: one early 429 may be a busy upstream, and
                 # answers arrive out of order. The cooldown slows things meanwhile.
@@ -196,6 +204,8 @@ class RateEstimator:
             # to overestimate; the first window, sure to see 429s, measures the rate.
             elapsed = max(0.5, now - self._started)
             self.rate = max(self.start_rate, self._accepted_total / elapsed)
+            self._limit_seen = True
+            self._probing = False
             self._reset(now)
             return self.rate
         return self._maybe_close()
@@ -233,6 +243,8 @@ class RateEstimator:
 
     def _saturated(self, accepted_rate: float, *, first: bool = False) -> None:
         assert self.rate is not None
+        self._probing = False
+        self._limit_seen = True
         if accepted_rate <= 0:
             self.rate = max(MIN_RATE, self.rate / 2)
             return
@@ -273,17 +285,12 @@ class AdaptiveLimit:
         maximum: int,
         *,
         initial: int | None = None,
-        slow_start: bool = False,
         decrease: float = 0.7,
         hold: float = 1.0,
         clock: Clock,
     ) -> None:
         self.maximum = max(1, maximum)
         self.limit = float(min(self.maximum, initial or self.maximum))
-        # Slow start (as TCP): +1 per success, doubling per round trip, until the first
-        # congestion signal; used when the service's rate is unknown, so the first
-        # contact is not a burst of ``maximum`` requests into a limit.
-        self.slow_start = slow_start
         self.decrease = decrease
         self.hold = hold
         self._clock = clock
@@ -315,8 +322,7 @@ class AdaptiveLimit:
         """Additive increase: +1 slot per window of ``limit`` successes."""
         if self.limit < self.maximum:
             before = self.current
-            step = 1.0 if self.slow_start else 1.0 / self.limit
-            self.limit = min(float(self.maximum), self.limit + step)
+            self.limit = min(float(self.maximum), self.limit + 1.0 / self.limit)
             if self.current != before:
                 self._notify()
 
@@ -326,7 +332,6 @@ class AdaptiveLimit:
         if now - self._last_cut < self.hold:
             return False
         self._last_cut = now
-        self.slow_start = False
         self.limit = max(1.0, self.limit * self.decrease)
         return True
 
@@ -337,7 +342,8 @@ class Throttle:
     ``acquire()`` returns when the caller may send: after the shared cooldown and its
     token-bucket reservation. Report every outcome: :meth:`on_success`,
     :meth:`on_rate_limited` or :meth:`on_failure` (or :meth:`on_abandoned`). With
-    ``rate_per_minute=None`` the rate is discovered.
+    ``rate_per_minute=None`` the rate is discovered, starting unlimited or, with
+    ``probe_from`` (requests per second), from that rate doubling while it is used.
 
     Failures that are not 429s (5xx, connection failures, timeouts) feed a circuit
     breaker: after ``breaker_threshold`` in a row the service is taken to be down,
@@ -353,6 +359,7 @@ class Throttle:
         rate_per_minute: float | None,
         burst: float | None = None,
         discover: bool = True,
+        probe_from: float | None = None,
         backoff: BackoffPolicy | None = None,
         breaker_backoff: BackoffPolicy | None = None,
         breaker_threshold: int = 3,
@@ -367,8 +374,14 @@ class Throttle:
         self.breaker_threshold = breaker_threshold
         self.max_pause = max_pause
         rate = None if rate_per_minute is None else rate_per_minute / 60.0
+        self.estimator = (
+            RateEstimator(clock=self._clock, initial_rate=probe_from)
+            if rate is None and discover
+            else None
+        )
+        if self.estimator is not None:
+            rate = self.estimator.rate  # the probing start, when there is one
         self.bucket = TokenBucket(rate, burst if burst is not None else 1.0, clock=self._clock)
-        self.estimator = RateEstimator(clock=self._clock) if rate is None and discover else None
         self.paused_until = -math.inf
         self.consecutive_limited = 0
         self.consecutive_failures = 0

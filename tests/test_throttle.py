@@ -750,3 +750,27 @@ async def test_abandoned_probe_lets_the_next_caller_probe() -> None:
         await anyio.wait_all_tasks_blocked()
         assert second.is_set()
     assert throttle.breaker_open  # abandoning proves nothing about the service
+
+
+def test_estimator_probes_upward_from_an_initial_rate() -> None:
+    """With initial_rate, the rate starts there and doubles each window that used it."""
+    clock = FakeClock()
+    estimator = RateEstimator(clock=clock, initial_rate=10.0, min_window=2.0)
+    assert estimator.rate == 10.0
+    rates = []
+    while clock.now < 8.0:
+        rate = estimator.rate
+        assert rate is not None
+        clock.advance(1.0 / rate)
+        estimator.on_accepted()
+        rates.append(estimator.rate)
+    assert rates[-1] is not None
+    assert rates[-1] >= 40.0
+    assert sorted(r for r in rates if r is not None) == [r for r in rates if r is not None]
+
+
+def test_throttle_paces_from_probe_from_when_discovering() -> None:
+    """probe_from sets the bucket's first rate; without it discovery starts unlimited."""
+    clock = FakeClock()
+    assert Throttle(rate_per_minute=None, probe_from=10.0, clock=clock).rate_per_minute == 600.0
+    assert Throttle(rate_per_minute=None, clock=clock).rate_per_minute is None
