@@ -1,0 +1,1 @@
+"""The reliability suite: crash loop, stops, faults, hostile inputs (``make reliability``)."""
