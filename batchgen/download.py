@@ -20,8 +20,8 @@ import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
-from urllib.parse import urljoin, urlsplit
+from typing import Any, Final
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import anyio
 import httpx
@@ -125,6 +125,9 @@ class Downloader:
         self.max_bytes = max_bytes
         self.allow_local = allow_local
         self.durable = durable
+        # Connections are pinned to checked addresses; an injected transport (tests)
+        # has no sockets to pin.
+        self._pin = transport is None
         self._resolve = resolve or _resolve_host
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout, connect=min(timeout, 15.0)),
@@ -151,8 +154,12 @@ class Downloader:
 
     # --- URL policy ---------------------------------------------------------------------
 
-    async def check_url(self, url: str) -> None:
-        """Refuse a URL batchgen must not fetch. Raises UnsafeURLError."""
+    async def check_url(self, url: str) -> list[str]:
+        """Refuse a URL batchgen must not fetch; return the checked addresses of its host.
+
+        The list is empty when private addresses are allowed (nothing to check) or the
+        name does not resolve. Raises UnsafeURLError.
+        """
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https"):
             raise UnsafeURLError(
@@ -163,15 +170,41 @@ class Downloader:
         if parts.username or parts.password:
             raise UnsafeURLError("refused result URL carrying credentials", url=url)
         if self.allow_local:
-            return
+            return []
         host = parts.hostname
         if is_local_host(host):
             raise UnsafeURLError(f"refused result URL on private address {host}", url=url)
-        for address in await self._resolve(host):
+        try:
+            literal = ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            literal = None
+        addresses = [str(literal)] if literal is not None else await self._resolve(host)
+        for address in addresses:
             if is_local_host(address):
                 raise UnsafeURLError(
                     f"refused result URL: {host} resolves to private address {address}", url=url
                 )
+        return addresses
+
+    def _pinned(self, url: str, addresses: list[str]) -> tuple[str, dict[str, str], dict[str, Any]]:
+        """The request for ``url`` sent to an address that was checked.
+
+        httpx would resolve the name again to connect, and a DNS answer that changed in
+        between (rebinding) could lead it to a private address. So the request goes to
+        the checked address, with the original ``Host`` header and TLS server name
+        (httpcore's ``sni_hostname``), so virtual hosts and certificates still work.
+        """
+        if not self._pin or not addresses:
+            return url, {}, {}
+        parts = urlsplit(url)
+        address = addresses[0]
+        host = f"[{address}]" if ":" in address else address
+        netloc = host + (f":{parts.port}" if parts.port else "")
+        pinned = urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
+        original = parts.hostname or ""
+        headers = {"Host": original + (f":{parts.port}" if parts.port else "")}
+        extensions: dict[str, Any] = {"sni_hostname": original} if parts.scheme == "https" else {}
+        return pinned, headers, extensions
 
     # --- fetching -------------------------------------------------------------------------
 
@@ -181,16 +214,19 @@ class Downloader:
         Raises ResultExpiredError (404/410/403), UnsafeURLError, DownloadTooLargeError,
         TruncatedDownloadError, NotAnImageError, or DownloadError for other failures.
         """
-        await self.check_url(url)
+        addresses = await self.check_url(url)
         dest.parent.mkdir(parents=True, exist_ok=True)
         current = url
         for _ in range(_MAX_REDIRECTS + 1):
+            target_url, headers, extensions = self._pinned(current, addresses)
             try:
-                async with self._http.stream("GET", current) as response:
+                async with self._http.stream(
+                    "GET", target_url, headers=headers, extensions=extensions
+                ) as response:
                     self._check_peer(response, current)
                     if response.is_redirect:
                         target = urljoin(current, response.headers.get("location", ""))
-                        await self._check_redirect(current, target)
+                        addresses = await self._check_redirect(current, target)
                         current = target
                         continue
                     return await self._save_response(response, current, dest)
@@ -214,7 +250,7 @@ class Downloader:
                 f"refused result URL: connected to private address {peer[0]}", url=url
             )
 
-    async def _check_redirect(self, source: str, target: str) -> None:
+    async def _check_redirect(self, source: str, target: str) -> list[str]:
         a, b = urlsplit(source), urlsplit(target)
         if b.scheme not in ("http", "https"):
             raise UnsafeURLError(f"refused redirect to scheme {b.scheme or 'none'!r}", url=source)
@@ -224,7 +260,7 @@ class Downloader:
             raise UnsafeURLError(
                 f"refused redirect from {a.hostname} to another host ({b.hostname})", url=source
             )
-        await self.check_url(target)
+        return await self.check_url(target)
 
     async def _save_response(self, response: httpx.Response, url: str, dest: Path) -> SavedImage:
         status = response.status_code

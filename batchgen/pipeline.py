@@ -123,11 +123,15 @@ class _WorkQueue:
     def __len__(self) -> int:
         return len(self._fresh) + len(self._retry)
 
-    async def put_fresh(self, task: _Task) -> None:
-        while len(self._fresh) >= self.bound:
+    async def put_fresh(self, task: _Task) -> bool:
+        """Queue a task from the feeder; ``False`` (not queued) once the queue is closed."""
+        while len(self._fresh) >= self.bound and not self.closed:
             await self._changed.wait()
+        if self.closed:
+            return False
         self._fresh.append(task)
         self._notify()
+        return True
 
     def put_retry(self, task: _Task) -> None:
         self._retry.append(task)
@@ -223,6 +227,7 @@ class Pipeline:
         self._latency_ewma: float | None = None
         self._shields: set[anyio.CancelScope] = set()
         self._submit_scope = anyio.CancelScope()
+        self._drain_scope = anyio.CancelScope()
         self._main_scope = anyio.CancelScope()
 
     # --- control -------------------------------------------------------------------------
@@ -236,7 +241,12 @@ class Pipeline:
         next run.
         """
         if self.stopping:
-            self.draining = self.draining and drain
+            if self.draining and not drain:
+                # Ctrl-C during a budget or parked drain: stop waiting for the tasks at
+                # the service; they are polled by the next run.
+                self.draining = False
+                self.stop_reason = reason
+                self._drain_scope.cancel()
             return
         self.stopping = True
         self.draining = drain
@@ -322,10 +332,13 @@ class Pipeline:
                         sub.start_soon(self._feeder)
                         for _ in range(max(1, self.limits.concurrency)):
                             sub.start_soon(self._submit_worker)
+                for task in self.queue.drain():  # queued after a stop: still pending
+                    self._settle(task)
                 # Submissions ended: everything was fed, or a stop. Wait for the tasks in
                 # flight unless the stop says to leave them to the next run.
                 if not self.stopping or self.draining:
-                    await self._idle.wait()
+                    with self._drain_scope:
+                        await self._idle.wait()
                 tg.cancel_scope.cancel()
         self._update()
         self.hook.on_finish(self.snap)
@@ -386,10 +399,13 @@ class Pipeline:
                     after = (row.seq, row.key)
                     task = self._adopt(row)
                     try:
-                        await self.queue.put_fresh(task)
+                        queued = await self.queue.put_fresh(task)
                     except BaseException:
                         self._settle(task)  # cancelled (a stop): it stays pending
                         raise
+                    if not queued:  # a stop closed the queue: it stays pending
+                        self._settle(task)
+                        return
         finally:
             self._feeding_done = True
             self._check_idle()

@@ -174,11 +174,6 @@ def test_token_bucket_with_retry_after(tmp_path: Path, procs: Processes, fmt: st
 
 
 @pytest.mark.reliability
-@pytest.mark.xfail(
-    strict=False,
-    reason="BUG (racy: hung 1 run of 7 during development, none since 2d0ecb5): parking is a"
-    " drain stop with the same feeder race as the budget stop (test_budget_stop_ends_the_run)",
-)
 def test_huge_retry_after_parks(tmp_path: Path, procs: Processes) -> None:
     """A Retry-After of a day parks the waiting tasks and says so; the run ends, not hangs."""
     job = make_job(
@@ -224,13 +219,6 @@ def test_huge_retry_after_parks(tmp_path: Path, procs: Processes) -> None:
 
 
 @pytest.mark.reliability
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a budget stop hangs: the worker that finds the budget spent calls"
-    " request_stop right after queue.get() woke the feeder; Pipeline._feeder then refills the"
-    " drained, closed queue (put_fresh does not yield when there is room), so `outstanding`"
-    " never reaches 0 and the drain waits forever",
-)
 def test_budget_stop_ends_the_run(tmp_path: Path, procs: Processes) -> None:
     """Reaching the budget stops submitting, finishes what was paid for, and exits 1."""
     budget = 0.01  # below the price of one image (0.022): the first task stops the run
@@ -253,12 +241,6 @@ def test_budget_stop_ends_the_run(tmp_path: Path, procs: Processes) -> None:
 
 
 @pytest.mark.reliability
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Ctrl-C during a drain stop (budget/parked) is ignored: Pipeline.request_stop"
-    " on a stopping pipeline only clears `draining`, but run() already awaits `_idle`;"
-    " only a second Ctrl-C (abort) ends it, and then with exit 1, not 130",
-)
 def test_ctrl_c_ends_a_budget_drain(tmp_path: Path, procs: Processes) -> None:
     """While a budget stop waits for paid tasks to finish, one Ctrl-C ends the run (130)."""
     job = make_job(
