@@ -370,7 +370,7 @@ class Throttle:
         self._clock: Clock = clock or anyio.current_time
         self._rng = rng or random.Random()
         self.backoff = backoff or BackoffPolicy()
-        self.breaker_backoff = breaker_backoff or BackoffPolicy(base=1.0, cap=60.0)
+        self.breaker_backoff = breaker_backoff or BackoffPolicy(base=1.0, cap=20.0)
         self.breaker_threshold = breaker_threshold
         self.max_pause = max_pause
         rate = None if rate_per_minute is None else rate_per_minute / 60.0
