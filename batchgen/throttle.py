@@ -206,6 +206,7 @@ class RateEstimator:
             self.rate = max(self.start_rate, self._accepted_total / elapsed)
             self._limit_seen = True
             self._probing = False
+            self._previous = None  # windows before the limit say nothing about it
             self._reset(now)
             return self.rate
         return self._maybe_close()
@@ -213,7 +214,12 @@ class RateEstimator:
     def _maybe_close(self) -> float | None:
         now = self._clock()
         elapsed = now - self._window_start
-        if self.rate is None or elapsed < self.window():
+        if self.rate is None:
+            return None
+        # Most answers refused: the rate is far over the limit (a burst-inflated first
+        # guess), and every second of the window would cost more 429s. Close it now.
+        flooded = self._limited >= 10 and self._limited > self._accepted and elapsed >= 0.5
+        if elapsed < self.window() and not flooded:
             return None
         sent = self._accepted + self._limited
         sent_rate = sent / elapsed
@@ -222,6 +228,8 @@ class RateEstimator:
         before = self.rate
         if not self._limited:
             self._probe(sent, elapsed, accepted_rate)
+        elif flooded:
+            self._saturated(accepted_rate, first=True)
         elif previous is None or previous[0] <= 0:
             # The first window after the provisional estimate (which the burst
             # inflates): more than a few 429s mean it was over the limit.
@@ -248,6 +256,7 @@ class RateEstimator:
         if accepted_rate <= 0:
             self.rate = max(MIN_RATE, self.rate / 2)
             return
+        first = first or self.ceiling is None  # nothing measured yet: trust this window
         self.ceiling = accepted_rate
         target = min(self.rate, accepted_rate) * self.margin
         # One noisy window (an upstream busy at random) must not cost more than a

@@ -353,8 +353,8 @@ def test_estimator_converges_under_a_true_limit_and_stays_there(seed: int) -> No
     )
     assert result.cuts, "the limit is probed, so it is found again from time to time"
     # Each estimate lands near the limit (a window may include the burst's refill).
-    assert all(9.0 <= cut <= 11.0 for cut in result.cuts)
-    assert all(8.5 <= rate <= 12.5 for rate in result.rates)  # probes stay close (10% steps)
+    assert all(9.0 <= cut <= 11.5 for cut in result.cuts)
+    assert all(8.5 <= rate <= 13.0 for rate in result.rates)  # probes stay close (10% steps)
     assert 9.0 <= sum(result.rates) / len(result.rates) <= 11.0
     assert result.accepted / result.seconds >= 9.5  # the service's rate is used
     assert result.limited / (result.accepted + result.limited) < 0.05  # 429s stay rare
