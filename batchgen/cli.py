@@ -47,7 +47,7 @@ def _setup_logging(verbosity: int) -> None:
     root.setLevel(logging.WARNING)
     # The runner's messages reach the user through the progress hook; logs are for -v.
     logging.getLogger("batchgen").setLevel(logging.DEBUG if verbosity else logging.CRITICAL)
-    for name in ("httpx", "httpcore", "uvicorn", "uvicorn.error", "uvicorn.access"):
+    for name in ("httpx2", "httpcore2", "uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).setLevel(logging.DEBUG if verbosity > 1 else logging.WARNING)
 
 

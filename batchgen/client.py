@@ -1,6 +1,7 @@
 """The async client for every CobabaAi route.
 
-One :class:`CobabaClient` owns one ``httpx.AsyncClient`` with explicit timeouts and a
+One :class:`CobabaClient` owns one ``httpx2.AsyncClient`` (httpx2: the maintained
+fork of httpx, same API) with explicit timeouts and a
 connection pool sized for the caller's concurrency. Every answer becomes a typed value
 (:mod:`batchgen.responses`) and every failure one error of :mod:`batchgen.errors`,
 translated in one place (:meth:`CobabaClient._send`). The API key lives only in the
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-import httpx
+import httpx2 as httpx
 
 from batchgen.errors import (
     Accepted,
@@ -172,7 +173,7 @@ _LOG_FILTER = _RedactingFilter()
 
 
 def _guard_loggers() -> None:
-    for name in ("httpx", "httpcore"):
+    for name in ("httpx2", "httpcore2"):
         logger = logging.getLogger(name)
         if _LOG_FILTER not in logger.filters:
             logger.addFilter(_LOG_FILTER)

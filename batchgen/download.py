@@ -24,7 +24,7 @@ from typing import Any, Final
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import anyio
-import httpx
+import httpx2 as httpx
 from PIL import Image, UnidentifiedImageError
 
 from batchgen.errors import (

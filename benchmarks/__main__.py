@@ -48,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--http",
         choices=["httpx", "httpx2", "httpx+sniffio"],
-        default="httpx",
+        default="httpx2",
         help="HTTP stack batchgen runs on in scenarios 1-5 (%(default)s)",
     )
     parser.add_argument(

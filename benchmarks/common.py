@@ -243,7 +243,7 @@ def run_json(command: Sequence[str], *, env: Mapping[str, str] | None = None) ->
 SNIFFIO_PATH: list[str] = []
 
 
-def run_worker(mode: str, options: Mapping[str, Any], *, http: str = "httpx") -> dict[str, Any]:
+def run_worker(mode: str, options: Mapping[str, Any], *, http: str = "httpx2") -> dict[str, Any]:
     """Run ``python -m benchmarks.worker MODE OPTIONS`` with ``http`` as the HTTP stack."""
     command = [sys.executable, "-m", "benchmarks.worker", mode, json.dumps(dict(options))]
     env = {"BATCHGEN_BENCH_HTTP": http}

@@ -66,7 +66,7 @@ def overhead_run(sim: Sim, *, tasks: int, concurrency: int, http: str) -> dict[s
     }
 
 
-def overhead(*, quick: bool, http: str = "httpx") -> ScenarioResult:
+def overhead(*, quick: bool, http: str = "httpx2") -> ScenarioResult:
     """Scenario 3: 5,000 tasks, zero latency, no limit, small images."""
     tasks = 1000 if quick else 5000
     concurrency = 64
@@ -131,10 +131,11 @@ def _finished_task(sim: Sim, key: str) -> str:
 def _available(stack: str) -> bool:
     """Whether a worker can run on ``stack`` here."""
     if stack == "httpx2":
-        return importlib.util.find_spec("httpx2") is not None
+        return True  # batchgen's own stack
+    has_httpx = importlib.util.find_spec("httpx") is not None
     if stack == "httpx+sniffio":
-        return bool(SNIFFIO_PATH) or importlib.util.find_spec("sniffio") is not None
-    return stack == "httpx"
+        return has_httpx and (bool(SNIFFIO_PATH) or importlib.util.find_spec("sniffio") is not None)
+    return stack == "httpx" and has_httpx
 
 
 def http_stack(

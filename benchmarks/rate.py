@@ -73,7 +73,7 @@ class RateCase:
 
 
 def batchgen_client(
-    tasks: int, *, spec_rate: float | None, concurrency: int = CONCURRENCY, http: str = "httpx"
+    tasks: int, *, spec_rate: float | None, concurrency: int = CONCURRENCY, http: str = "httpx2"
 ) -> Client:
     """batchgen in a worker process; ``spec_rate`` goes into ``limits`` when given."""
 
@@ -245,7 +245,7 @@ def _rate_ok(r: dict[str, Any]) -> bool:
     )
 
 
-def goodput(*, quick: bool, parallel_slow: bool = True, http: str = "httpx") -> ScenarioResult:
+def goodput(*, quick: bool, parallel_slow: bool = True, http: str = "httpx2") -> ScenarioResult:
     """Scenario 1: 600 and 60 rpm, Retry-After on/off, rate in the spec or not."""
     result = ScenarioResult("goodput", "1. Goodput under a rate limit (burst 20, latency 2 s)")
     all_rows: list[dict[str, Any]] = []
@@ -287,7 +287,7 @@ def goodput(*, quick: bool, parallel_slow: bool = True, http: str = "httpx") -> 
     return result
 
 
-def runner_issue(*, quick: bool, http: str = "httpx") -> ScenarioResult:
+def runner_issue(*, quick: bool, http: str = "httpx2") -> ScenarioResult:
     """The runner issue's figure: 300 tasks at 600 rpm, then a re-run that charges 0."""
     del quick  # the figure is defined at 300 tasks; it takes a minute either way
     result = ScenarioResult("runner", "Runner issue: 300 tasks at 600 rpm (burst 20, latency 2 s)")
@@ -351,7 +351,7 @@ def runner_issue(*, quick: bool, http: str = "httpx") -> ScenarioResult:
     return result
 
 
-def latency(*, quick: bool, http: str = "httpx") -> ScenarioResult:
+def latency(*, quick: bool, http: str = "httpx2") -> ScenarioResult:
     """Scenario 2: no rate limit, latency 5 s, concurrency 50."""
     tasks = 200 if quick else 1000
     lat = 5.0
@@ -388,7 +388,9 @@ def latency(*, quick: bool, http: str = "httpx") -> ScenarioResult:
     return result
 
 
-def peers(*, quick: bool, rates: Sequence[float] = (600.0,), http: str = "httpx") -> ScenarioResult:
+def peers(
+    *, quick: bool, rates: Sequence[float] = (600.0,), http: str = "httpx2"
+) -> ScenarioResult:
     """Scenario 5: batchgen beside the hand-written scripts, same job, same simulator."""
     result = ScenarioResult("peers", "5. Peers: batchgen beside hand-written scripts")
     for rpm in rates:

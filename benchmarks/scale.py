@@ -22,7 +22,7 @@ from benchmarks.report import ScenarioResult, Table, goal
 __all__ = ["scale"]
 
 
-def scale(*, quick: bool, http: str = "httpx") -> ScenarioResult:
+def scale(*, quick: bool, http: str = "httpx2") -> ScenarioResult:
     """Scenario 4."""
     result = ScenarioResult("scale", "4. Scale: planning and a large ledger")
     side = 40 if quick else 100

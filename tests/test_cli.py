@@ -47,7 +47,7 @@ BAD_SPECS = REPO / "tests" / "bad_specs"
 #: The commands the runner's issue asks for; the parser may offer more (``gallery``).
 CORE_COMMANDS = ("run", "validate", "plan", "schema", "status", "retry", "export", "sim")
 ISSUE_LINE = re.compile(r"^.+:\d+:\d+: .+$")
-_LOGGERS = ("", "batchgen", "httpx", "httpcore", "uvicorn", "uvicorn.error", "uvicorn.access")
+_LOGGERS = ("", "batchgen", "httpx2", "httpcore2", "uvicorn", "uvicorn.error", "uvicorn.access")
 
 
 @pytest.fixture(autouse=True)
@@ -544,7 +544,7 @@ def test_the_key_never_leaks(
     monkeypatch.setenv("COBABA_API_KEY", canary)
     monkeypatch.delenv("COBABA_BASE_URL", raising=False)
     records = _Records()
-    for name in ("batchgen", "httpx", "httpcore"):
+    for name in ("batchgen", "httpx2", "httpcore2"):
         logging.getLogger(name).addHandler(records)
     spec = subjects_spec(
         tmp_path,
@@ -563,7 +563,7 @@ def test_the_key_never_leaks(
             assert main(["-vv", "export", "--format", "csv", str(spec)]) == 0
             seen = stats(sim)
     finally:
-        for name in ("batchgen", "httpx", "httpcore"):
+        for name in ("batchgen", "httpx2", "httpcore2"):
             logging.getLogger(name).removeHandler(records)
     assert seen["charges_by_key"]  # the canary really was used
     out, err = capsys.readouterr()

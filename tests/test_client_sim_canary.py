@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
+import httpx2 as httpx
 import pytest
 
 from batchgen.client import BearerAuth, CobabaClient, PlaygroundAuth, Timeouts
@@ -52,8 +52,8 @@ pytestmark = pytest.mark.anyio
 #: Every logger whose records are captured, at every level.
 LOGGERS = (
     "",
-    "httpx",
-    "httpcore",
+    "httpx2",
+    "httpcore2",
     "uvicorn",
     "uvicorn.error",
     "uvicorn.asgi",

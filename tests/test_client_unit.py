@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
+import httpx2 as httpx
 import pytest
 
 from batchgen.client import (
@@ -989,7 +989,7 @@ def canary_params() -> list[Any]:
 async def test_canary_never_leaks(case: CanaryCase, caplog: pytest.LogCaptureFixture) -> None:
     """On every error path the credential is absent from the error, its traceback and the logs."""
     caplog.set_level(logging.DEBUG)
-    for name in ("httpx", "httpcore", "batchgen"):
+    for name in ("httpx2", "httpcore2", "batchgen"):
         caplog.set_level(logging.DEBUG, logger=name)
     secret = SESSION_CANARY if case.playground else CANARY
     auth: BearerAuth | PlaygroundAuth = (

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 
-import httpx
+import httpx2 as httpx
 import pytest
 
 import batchgen.sim as sim_package

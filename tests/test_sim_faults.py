@@ -7,7 +7,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import anyio
-import httpx
+import httpx2 as httpx
 import pytest
 
 from batchgen.catalog import DEFAULT_PRICES

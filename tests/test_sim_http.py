@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
-import httpx
+import httpx2 as httpx
 import pytest
 from PIL import Image
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, quote, urlsplit
 
-import httpx
+import httpx2 as httpx
 import pytest
 from PIL import Image
 
