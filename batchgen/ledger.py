@@ -111,6 +111,12 @@ _MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
         );
         """,
     ),
+    (
+        "0002_meta",
+        """
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        """,
+    ),
 )
 
 # Columns a transition may set. Each is written as ``CASE WHEN ? THEN ? ELSE col END``
@@ -297,6 +303,11 @@ class Ledger:
         self._conn = conn
         self.path = path
         self.run_id: int | None = None
+        # Tasks of the current spec are the rows whose ``last_run`` is this run id: the
+        # run that last synced the spec. A run whose spec did not change adopts the
+        # previous generation instead of rewriting every row (see :meth:`touch_all`).
+        self.member_run: int | None = None
+        self.synced = False  # this run wrote the spec's tasks (see :meth:`sync`)
         self._send: MemoryObjectSendStream[_Op] | None = None
         self.transitions_written = 0
         self.batches_written = 0
@@ -493,6 +504,7 @@ class Ledger:
             return int(cur.lastrowid or 0)
 
         self.run_id = int(await self.run_in_writer(insert))
+        self.member_run = self.run_id
         return self.run_id
 
     async def end_run(self, summary: Mapping[str, Any]) -> None:
@@ -535,6 +547,30 @@ class Ledger:
         ) as cur:
             row = await cur.fetchone()
         return (row[0], row[1]) if row else (None, None)
+
+    async def get_meta(self, key: str) -> str | None:
+        """A value the runner keeps about the job (see :meth:`set_meta`)."""
+        async with self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)) as cur:
+            row = await cur.fetchone()
+        return str(row[0]) if row else None
+
+    async def set_meta(self, key: str, value: str) -> None:
+        """Record a value about the job, committed with the writer's next batch."""
+
+        async def put(conn: aiosqlite.Connection) -> None:
+            await conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
+
+        await self.run_in_writer(put)
+
+    async def last_event_id(self) -> int:
+        """The id of the newest event: it changes whenever any task changes state."""
+        async with self._conn.execute("SELECT MAX(id) FROM events") as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
 
     # --- syncing the spec -------------------------------------------------------------
 
@@ -591,13 +627,18 @@ class Ledger:
             await conn.execute("UPDATE runs SET spec_tasks = ? WHERE id = ?", (seen, run_id))
 
         await self.run_in_writer(mark)
+        self.synced = True
         return added, seen
 
     async def touch_all(self) -> None:
-        """Mark every task as part of this run (the spec did not change since last sync)."""
+        """Keep the tasks of the last sync as this run's tasks (the spec did not change).
+
+        No row is rewritten: this run adopts the last sync's generation, so a resume of
+        a large job starts in constant time.
+        """
         run_id = self.run_id
 
-        async def upd(conn: aiosqlite.Connection) -> None:
+        async def adopt(conn: aiosqlite.Connection) -> int | None:
             async with conn.execute(
                 "SELECT spec_tasks FROM runs WHERE spec_tasks IS NOT NULL ORDER BY id DESC LIMIT 1"
             ) as cur:
@@ -605,17 +646,16 @@ class Ledger:
             await conn.execute(
                 "UPDATE runs SET spec_tasks = ? WHERE id = ?", (row[0] if row else None, run_id)
             )
-            await conn.execute(
-                "UPDATE tasks SET last_run = ? WHERE last_run = (SELECT MAX(last_run) FROM tasks)",
-                (run_id,),
-            )
+            async with conn.execute("SELECT MAX(last_run) FROM tasks") as cur:
+                top = await cur.fetchone()
+            return int(top[0]) if top and top[0] is not None else run_id
 
-        await self.run_in_writer(upd)
+        self.member_run = await self.run_in_writer(adopt)
 
     async def count_not_in_run(self) -> int:
         """Tasks in the ledger that the current spec no longer lists."""
         async with self._conn.execute(
-            "SELECT COUNT(*) FROM tasks WHERE last_run IS NOT ? ", (self.run_id,)
+            "SELECT COUNT(*) FROM tasks WHERE last_run IS NOT ? ", (self.member_run,)
         ) as cur:
             row = await cur.fetchone()
         return int(row[0]) if row else 0
@@ -642,12 +682,13 @@ class Ledger:
         ``params``); ``in_run`` restricts to tasks of the current spec.
         """
         run_id = self.run_id
+        member = self.member_run
         placeholders = ", ".join("?" for _ in from_states)
         cond = f"state IN ({placeholders})"
         args: list[Any] = [s.value for s in from_states]
         if in_run:
             cond += " AND last_run IS ?"
-            args.append(run_id)
+            args.append(member)
         if where:
             cond += f" AND ({where})"
             args.extend(params)
@@ -703,7 +744,7 @@ class Ledger:
         args: list[Any] = [s.value for s in states] + [after[0], after[0], after[1]]
         if in_run:
             sql += " AND last_run IS ?"
-            args.append(self.run_id)
+            args.append(self.member_run)
         if where:
             sql += f" AND ({where})"
             args.extend(params)
@@ -735,7 +776,7 @@ class Ledger:
             async with self._conn.execute(
                 "SELECT key, seq, files FROM tasks WHERE state = 'done' AND seq > ?"
                 " AND last_run IS ? ORDER BY seq LIMIT ?",
-                (after, self.run_id, page),
+                (after, self.member_run, page),
             ) as cur:
                 rows = await cur.fetchall()
             if not rows:
@@ -758,7 +799,7 @@ class Ledger:
         args: tuple[Any, ...] = ()
         if in_run:
             sql += " WHERE last_run IS ?"
-            args = (self.run_id,)
+            args = (self.member_run,)
         sql += " GROUP BY state"
         out = {s.value: 0 for s in TaskState}
         async with self._conn.execute(sql, args) as cur:

@@ -28,7 +28,13 @@ from batchgen.download import PART_SUFFIX, Downloader, is_local_host
 from batchgen.errors import ConfigError, LedgerError, leaf_error
 from batchgen.ledger import LEDGER_NAME, Ledger, NewTask, TaskState, Transition
 from batchgen.matrix import count_tasks, expand, materialize_request
-from batchgen.output import SUMMARY_NAME, layout_relpath, write_atomic, write_metadata
+from batchgen.output import (
+    METADATA_NAME,
+    SUMMARY_NAME,
+    layout_relpath,
+    write_atomic,
+    write_metadata,
+)
 from batchgen.pipeline import Pipeline, PipelineLimits
 from batchgen.progress import NullHook, ProgressHook, Snapshot
 from batchgen.spec import Spec, load_spec
@@ -47,6 +53,7 @@ __all__ = [
 EXIT_OK = 0
 EXIT_INCOMPLETE = 1
 EXIT_INTERRUPTED = 130
+_METADATA_MARKER = "metadata_written_at"  # newest event id and spec digest then
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -215,6 +222,25 @@ def _clean_partials(root: Path) -> None:
         for name in files:
             if name.endswith(PART_SUFFIX) and name.startswith("."):
                 Path(dirpath, name).unlink(missing_ok=True)
+
+
+async def _write_metadata(ledger: Ledger, spec: Spec, output: Path) -> None:
+    """Rewrite ``metadata.jsonl`` from the ledger unless it already says the same.
+
+    The file is current when no task changed state since it was last written (the
+    newest event id is the one recorded then), the spec is the same and was not
+    re-synced, and the file is still there. Rebuilding it from every row would cost a
+    resume of a large finished job seconds for nothing.
+    """
+    marker = f"{await ledger.last_event_id()}:{spec.digest}"
+    if (
+        not ledger.synced
+        and await ledger.get_meta(_METADATA_MARKER) == marker
+        and (output / METADATA_NAME).is_file()
+    ):
+        return
+    await write_metadata(output, _metadata_rows(ledger))
+    await ledger.set_meta(_METADATA_MARKER, marker)
 
 
 async def _metadata_rows(ledger: Ledger) -> AsyncIterator[dict[str, Any]]:
@@ -400,7 +426,7 @@ async def _close_run(
     rebuilt from the ledger by the next run.
     """
     try:
-        await write_metadata(output, _metadata_rows(ledger))
+        await _write_metadata(ledger, spec, output)
     except OSError as exc:
         hook.on_message("warning", f"could not rewrite {output / 'metadata.jsonl'}: {exc}")
     summary = await summarize(ledger, spec, started=started, pipeline=pipeline)

@@ -80,13 +80,13 @@ async def test_migrations_are_recorded_once_and_reopening_is_idempotent(db: Path
     async with Ledger.open(db) as ledger:
         await ledger.sync([new_task(0)])
     first = query(db, "SELECT name, applied_at FROM migrations")
-    assert [name for name, _ in first] == ["0001_initial"]
+    assert [name for name, _ in first] == ["0001_initial", "0002_meta"]
     for _ in range(2):
         async with Ledger.open(db, create=False) as ledger:
             assert await ledger.get("k0000") is not None
     assert query(db, "SELECT name, applied_at FROM migrations") == first
     tables = {r[0] for r in query(db, "SELECT name FROM sqlite_master WHERE type = 'table'")}
-    assert {"tasks", "events", "runs", "migrations"} <= tables
+    assert {"tasks", "events", "runs", "migrations", "meta"} <= tables
 
 
 async def test_ledger_uses_wal_and_full_sync(db: Path) -> None:
@@ -243,6 +243,28 @@ async def test_count_not_in_run_counts_tasks_the_spec_dropped(db: Path) -> None:
         await ledger.touch_all()
         assert await ledger.count_not_in_run() == 2
         assert await ledger.last_synced() == ("d2", 3)
+        assert {r.key for r in await ledger.page([TaskState.PENDING])} == {
+            "k0000",
+            "k0001",
+            "k0002",
+        }
+    # Adopting the previous sync rewrites no task row: a resume starts in constant time.
+    assert query(db, "SELECT DISTINCT last_run FROM tasks ORDER BY 1") == [(1,), (2,)]
+
+
+async def test_meta_values_and_last_event_id(db: Path) -> None:
+    """Meta values round-trip and are replaced; the newest event id follows transitions."""
+    async with Ledger.open(db) as ledger:
+        await ledger.sync([new_task(0)])
+        assert await ledger.get_meta("x") is None
+        assert await ledger.last_event_id() == 0
+        await ledger.set_meta("x", "1")
+        await ledger.set_meta("x", "2")
+        assert await ledger.get_meta("x") == "2"
+        await ledger.write(Transition("k0000", TaskState.SUBMITTING))
+        first = await ledger.last_event_id()
+        await ledger.write(Transition("k0000", TaskState.PENDING))
+        assert await ledger.last_event_id() > first > 0
 
 
 # --- write ---------------------------------------------------------------------------------

@@ -130,6 +130,33 @@ async def test_second_run_of_a_finished_job_charges_nothing(
     assert len(_metadata(out)) == 12
 
 
+async def test_metadata_is_rewritten_only_when_the_ledger_changed(
+    tmp_path: Path, sim_factory: SimFactory
+) -> None:
+    """A run that changes nothing keeps metadata.jsonl; a deleted manifest, or state
+    changes recorded by a run that died before writing it, make the next run rebuild it."""
+    spec_path = write_spec(tmp_path, GRID)
+    async with sim_factory(sim_config()) as sim:
+        await run_job(spec_path, sim)
+        out = output_dir(spec_path)
+        manifest = out / "metadata.jsonl"
+        written = manifest.read_bytes()
+        manifest.write_text("stale\n", encoding="utf-8")  # kept: nothing changed
+        await run_job(spec_path, sim)
+        assert manifest.read_text(encoding="utf-8") == "stale\n"
+        manifest.unlink()
+        await run_job(spec_path, sim)
+        assert manifest.read_bytes() == written
+        # A run killed after recording a change but before its manifest.
+        manifest.write_text("stale\n", encoding="utf-8")
+        async with open_ledger(spec_path) as ledger:
+            key = (await ledger.page([TaskState.DONE], in_run=False, limit=1))[0].key
+            await ledger.write(Transition(key, TaskState.DONE, detail="touched"))
+        await run_job(spec_path, sim)
+    assert manifest.read_bytes() == written
+    assert len(_metadata(out)) == 12
+
+
 async def test_a_deleted_image_is_downloaded_again_without_a_new_charge(
     tmp_path: Path, sim_factory: SimFactory
 ) -> None:
