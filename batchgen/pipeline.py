@@ -89,6 +89,7 @@ class _Task:
     regenerations: int
     remote_id: str | None = None
     submitted_mono: float = 0.0
+    sent_mono: float | None = None  # when the last submission left (the throttle's clock)
     polls: int = 0
     poll_failures: int = 0
     download_attempts: int = 0
@@ -552,6 +553,7 @@ class Pipeline:
         try:
             body = self._materialize(row.request)
             task.phase = "sent"
+            task.sent_mono = anyio.current_time()
             result = await self.client.submit(row.endpoint, body)
         except BatchgenError as exc:
             task.phase = "answered"
@@ -560,7 +562,7 @@ class Pipeline:
             task.phase = "settled"
             return
         task.phase = "answered"
-        self.throttle.on_success()
+        self.throttle.on_success(task.sent_mono)
         self._business_streak = ("", 0)
         task.charged += row.price
         self._spent += row.price
@@ -604,7 +606,7 @@ class Pipeline:
             return
         if isinstance(exc, RateLimitError):
             try:
-                self.throttle.on_rate_limited(exc.retry_after)
+                self.throttle.on_rate_limited(exc.retry_after, task.sent_mono)
             except ParkedError as parked:
                 await self._park(task, parked.delay)
                 return
@@ -625,7 +627,7 @@ class Pipeline:
             delay = full_jitter(BackoffPolicy(base=1.0, cap=30.0), task.attempts, self._rng)
             self._retry_later(task, delay)
             return
-        self.throttle.on_success()  # the service answered: it is up
+        self.throttle.on_success(task.sent_mono)  # the service answered: it is up
         if isinstance(exc, BusinessError):
             # Often the account's problem (no credits), not the task's: the task stays
             # pending, and the same refusal three times in a row stops the run.

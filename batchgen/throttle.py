@@ -77,6 +77,7 @@ class TokenBucket:
         self.burst = max(1.0, burst)
         self._tokens = self.burst
         self._stamp = clock()
+        self.epoch = 0  # bumped when the rate is lowered: reservations made before are void
 
     @property
     def rate(self) -> float | None:
@@ -84,9 +85,18 @@ class TokenBucket:
         return self._rate
 
     def set_rate(self, rate: float | None, *, burst: float | None = None) -> None:
-        """Change the rate (and burst); reservations already handed out stand."""
+        """Change the rate (and burst).
+
+        A higher rate lets reservations already handed out stand. A lower one voids
+        them (``epoch`` changes, the debt is forgiven): they were paced for the old
+        rate, and callers holding one must reserve again (see ``Throttle.acquire``).
+        """
         self._refill()
-        self._rate = None if rate is None else max(MIN_RATE, rate)
+        new = None if rate is None else max(MIN_RATE, rate)
+        if new is not None and (self._rate is None or new < self._rate):
+            self.epoch += 1
+            self._tokens = max(self._tokens, 0.0)
+        self._rate = new
         if burst is not None:
             self.burst = max(1.0, burst)
             self._tokens = min(self._tokens, self.burst)
@@ -136,8 +146,18 @@ class RateEstimator:
       limit would ratchet the rate down to nothing. The rate probes on;
     - the pace did not change: the rate holds.
 
+    Two rules come first. 429s in a window after two clean ones mean the service's
+    reserve (its burst) ran out under a pace above its rate: that window measures the
+    rate, and the cut is full (the cooldowns that follow 429s slow the pace by
+    themselves, so elasticity would misread it). And answers to requests sent before
+    the current window began are not counted: after a cut, the 429s still in flight
+    from the old pace say nothing about the new one.
+
     A window without 429s that used its rate probes upward: doubling while far under
-    the best accepted rate seen (or with none seen), ``growth`` near it.
+    the best accepted rate seen (or with none seen), ``growth`` near it, and half of
+    ``growth`` above the rate where the limit was last met: clean windows there may
+    only be the reserve being spent, so the pace is only a little over the limit
+    when it runs out.
     """
 
     def __init__(
@@ -171,7 +191,9 @@ class RateEstimator:
         self._window_start = clock()
         self._accepted = 0
         self._limited = 0
-        self._previous: tuple[float, float] | None = None
+        self._previous: tuple[float, float, float] | None = None
+        self._clean = 0  # windows in a row without a 429
+        self._limit_at: float | None = None  # accepted rate of the last saturated window
 
     def window(self) -> float:
         """The current window length: long enough to hold ``samples`` answers."""
@@ -181,19 +203,31 @@ class RateEstimator:
             return 1.0  # climbing from the initial rate: no limit met, nothing to measure
         return min(self.max_window, max(self.min_window, self.samples / self.rate))
 
-    def on_accepted(self) -> float | None:
-        """Record an accepted request; return the new rate when it changes."""
+    def _stale(self, sent_at: float | None) -> bool:
+        # The service judged a request when it arrived, just after it was sent: an
+        # answer to one sent before this window began says nothing about its pace
+        # (answers still in flight when the rate was cut would count against the
+        # new rate and cut it again).
+        return sent_at is not None and self._limit_seen and sent_at < self._window_start
+
+    def on_accepted(self, sent_at: float | None = None) -> float | None:
+        """Record an accepted request (sent at ``sent_at`` on the same clock, when
+        known); return the new rate when it changes."""
         if self._started is None:
             self._started = self._clock()
         self._accepted_total += 1
+        if self._stale(sent_at):
+            return None
         self._accepted += 1
         return self._maybe_close()
 
-    def on_rate_limited(self) -> float | None:
-        """Record a 429; return the new rate when it changes."""
+    def on_rate_limited(self, sent_at: float | None = None) -> float | None:
+        """Record a 429 (see :meth:`on_accepted`); return the new rate when it changes."""
         now = self._clock()
         if self._started is None:
             self._started = now
+        if self._stale(sent_at):
+            return None
         self._limited += 1
         if not self._limit_seen and self.ceiling is None:
             if self._accepted_total < 10 and self._limited < 5:
@@ -224,7 +258,10 @@ class RateEstimator:
         sent = self._accepted + self._limited
         sent_rate = sent / elapsed
         accepted_rate = self._accepted / elapsed
-        previous, self._previous = self._previous, (sent_rate, accepted_rate)
+        share = self._limited / sent if sent else 0.0
+        clean_before = self._clean
+        self._clean = 0 if self._limited else self._clean + 1
+        previous, self._previous = self._previous, (sent_rate, accepted_rate, share)
         before = self.rate
         if not self._limited:
             self._probe(sent, elapsed, accepted_rate)
@@ -236,10 +273,18 @@ class RateEstimator:
             over = self.ceiling is None or sent_rate > self.ceiling * 1.02
             if over and self._limited / sent > 0.05:
                 self._saturated(accepted_rate, first=True)
+        elif share > 0.05 and clean_before >= 2:
+            # 429s appeared at this pace after clean windows (an upstream busy at random
+            # leaves no two windows in a row clean): the service's reserve (burst) ran
+            # out under a pace above its rate. Whatever
+            # the pace did meanwhile: the cooldowns after 429s slow it by themselves,
+            # and what the service accepted then follows, which is not elasticity.
+            # Clear evidence, so the cut is full.
+            self._saturated(accepted_rate, first=True)
         else:
             paced = sent_rate / previous[0] - 1.0
+            gained = accepted_rate / previous[1] - 1.0 if previous[1] > 0 else paced
             if abs(paced) > 0.03:
-                gained = accepted_rate / previous[1] - 1.0 if previous[1] > 0 else paced
                 # Elastic: what the service accepted followed the pace (up or down),
                 # so the pace, not the service, was the limit.
                 if gained / paced >= 0.5:
@@ -257,10 +302,12 @@ class RateEstimator:
             self.rate = max(MIN_RATE, self.rate / 2)
             return
         first = first or self.ceiling is None  # nothing measured yet: trust this window
+        self._limit_at = accepted_rate
         self.ceiling = accepted_rate
         target = min(self.rate, accepted_rate) * self.margin
         # One noisy window (an upstream busy at random) must not cost more than a
-        # tenth of the rate; the first window may cut the burst-inflated guess fully.
+        # tenth of the rate; clear evidence (the first window after the burst-inflated
+        # guess, 429s appearing where there were none) may cut fully.
         self.rate = max(MIN_RATE, target if first else max(target, self.rate * 0.9))
 
     def _probe(self, sent: int, elapsed: float, accepted_rate: float) -> None:
@@ -270,7 +317,18 @@ class RateEstimator:
         if sent < 0.6 * self.rate * elapsed:
             return  # the window did not use the rate it had: no evidence for more
         far_under = self.ceiling is None or self.rate < 0.8 * self.ceiling
-        self.rate = self.rate * (2.0 if far_under else self.growth)
+        step = 2.0 if far_under else self.growth
+        if (
+            not far_under
+            and not self._limited
+            and self._limit_at is not None
+            and self.rate >= self._limit_at
+        ):
+            # Above where the limit was last met, clean windows may only be the
+            # service's reserve (burst) being spent: climb in half steps, so that when
+            # the reserve is gone the pace is only a little over the limit.
+            step = 1.0 + (self.growth - 1.0) / 2
+        self.rate = self.rate * step
         if self.ceiling is not None and far_under:
             self.rate = min(self.rate, self.ceiling * self.margin)
 
@@ -433,15 +491,21 @@ class Throttle:
     async def acquire(self) -> None:
         """Wait for the cooldown, the breaker and a token; cancellation gives it back."""
         await self._wait_clear()
-        wait = self.bucket.reserve()
-        if wait > 0:
-            try:
-                await anyio.sleep(wait)
-            except BaseException:
-                self.bucket.refund()
-                raise
-        # A 429 seen by another caller while we slept pauses us too.
-        await self._wait_clear()
+        while True:
+            epoch = self.bucket.epoch
+            wait = self.bucket.reserve()
+            if wait > 0:
+                try:
+                    await anyio.sleep(wait)
+                except BaseException:
+                    self.bucket.refund()
+                    raise
+            # A 429 seen by another caller while we slept pauses us too.
+            await self._wait_clear()
+            if self.bucket.epoch == epoch:
+                break
+            # The rate was lowered meanwhile: our slot was priced at the old rate, and
+            # every caller sent on it would be an answer the service refuses.
         if self.breaker_open:
             self._probing = True
 
@@ -450,8 +514,11 @@ class Throttle:
             self._probing = False
             self._notify()
 
-    def on_success(self) -> None:
-        """An accepted request: close the breaker, reset backoff, feed the estimator."""
+    def on_success(self, sent_at: float | None = None) -> None:
+        """An accepted request: close the breaker, reset backoff, feed the estimator.
+
+        ``sent_at`` is when the request left (this throttle's clock), when known.
+        """
         self.consecutive_limited = 0
         if self.consecutive_failures:
             self.consecutive_failures = 0
@@ -459,7 +526,7 @@ class Throttle:
             self.paused_until = min(self.paused_until, self._clock())
         self._settle()
         if self.estimator is not None:
-            rate = self.estimator.on_accepted()
+            rate = self.estimator.on_accepted(sent_at)
             if rate is not None:
                 self.bucket.set_rate(rate)
 
@@ -482,7 +549,7 @@ class Throttle:
             policy = BackoffPolicy(base=min(policy.base, max(0.05, 1.0 / rate)), cap=policy.cap)
         return full_jitter(policy, self.consecutive_limited, self._rng)
 
-    def on_rate_limited(self, retry_after: float | None) -> float:
+    def on_rate_limited(self, retry_after: float | None, sent_at: float | None = None) -> float:
         """A 429: pause every caller, adjust the rate. Returns the pause in seconds.
 
         Raises ParkedError when the service asks for longer than ``max_pause``.
@@ -492,7 +559,7 @@ class Throttle:
         if retry_after is not None and retry_after > self.max_pause:
             raise ParkedError(retry_after)
         if self.estimator is not None:
-            rate = self.estimator.on_rate_limited()
+            rate = self.estimator.on_rate_limited(sent_at)
             if rate is not None:
                 self.bucket.set_rate(rate)
         delay = self.pause_for(retry_after)

@@ -272,6 +272,136 @@ def test_estimator_429s_that_follow_the_pace_do_not_cut() -> None:
         assert estimator.rate >= 9.0
 
 
+def _window(estimator: RateEstimator, clock: FakeClock, accepted: int, limited: int) -> None:
+    """Feed one window's answers evenly over its length (its requests sent just now)."""
+    total = accepted + limited
+    rate = estimator.rate
+    assert rate is not None
+    length = max(estimator.window(), total / rate)
+    for i in range(total):
+        clock.advance(length / total * 1.001)  # the last answer lands past the end
+        if i < limited:
+            estimator.on_rate_limited(sent_at=clock.now)
+        else:
+            estimator.on_accepted(sent_at=clock.now)
+
+
+def _limited_estimator(clock: FakeClock, rate: float) -> RateEstimator:
+    """An estimator that has met the limit once (a first estimate made)."""
+    estimator = RateEstimator(clock=clock, min_window=2.0, samples_per_window=20)
+    for _ in range(5):
+        estimator.on_rate_limited()
+    estimator.rate = rate
+    estimator.ceiling = rate
+    return estimator
+
+
+def test_estimator_ignores_answers_to_requests_sent_before_the_window() -> None:
+    """After a cut, 429s still in flight from the old pace do not cut the new rate again."""
+    clock = FakeClock(10.0)
+    estimator = _limited_estimator(clock, 5.0)
+    estimator.on_accepted(sent_at=clock.now)  # opens nothing: the window runs
+    clock.advance(1.0)
+    old = clock.now - 5.0  # sent under the previous window's pace
+    for _ in range(30):
+        assert estimator.on_rate_limited(sent_at=old) is None
+    assert estimator.rate == 5.0
+    # Without a send time (or sent inside the window) they do count.
+    for _ in range(30):
+        estimator.on_rate_limited(sent_at=clock.now)
+    assert estimator.rate is not None
+    assert estimator.rate < 5.0
+
+
+def test_estimator_cuts_fully_when_429s_follow_clean_windows() -> None:
+    """429s after two clean windows are the service's reserve running out: one full cut
+    to just under what it accepted, not a tenth at a time."""
+    clock = FakeClock()
+    estimator = _limited_estimator(clock, 10.0)
+    estimator.ceiling = 10.5
+    _window(estimator, clock, 20, 0)  # clean: probes to 11
+    _window(estimator, clock, 22, 0)  # clean: probes to 12.1
+    rate = estimator.rate
+    assert rate is not None
+    assert rate > 11.5
+    _window(estimator, clock, 20, 5)  # the reserve is gone: 20 accepted in ~2.07 s
+    accepted_rate = 20 / (25 / rate)
+    assert estimator.rate == pytest.approx(accepted_rate * estimator.margin, rel=0.01)
+
+
+def test_estimator_climbs_in_half_steps_above_the_last_limit() -> None:
+    """Over the rate where the limit was last met, clean windows raise the rate by half
+    of ``growth``: they may only be the service's reserve being spent."""
+    clock = FakeClock()
+    estimator = _limited_estimator(clock, 10.0)
+    estimator.ceiling = 10.5
+    _window(estimator, clock, 20, 0)
+    _window(estimator, clock, 22, 0)
+    _window(estimator, clock, 20, 5)  # a limit met at about 9.7/s: full cut
+    limit_at = estimator.ceiling
+    assert limit_at is not None
+    start = estimator.rate
+    rates = []
+    for _ in range(4):
+        rate = estimator.rate
+        assert rate is not None
+        _window(estimator, clock, max(20, int(rate * 2) + 1), 0)
+        rates.append(estimator.rate)
+    steps = [b / a for a, b in zip([start, *rates[:-1]], rates, strict=True) if a and b]
+    assert steps[0] == pytest.approx(estimator.growth)  # still under the limit met
+    assert all(s == pytest.approx(1 + (estimator.growth - 1) / 2) for s in steps[1:])
+
+
+def test_bucket_lowering_the_rate_voids_reservations() -> None:
+    """A lower rate bumps ``epoch`` and forgives the debt of reservations made at the old
+    rate; a higher one lets them stand."""
+    clock = FakeClock()
+    bucket = TokenBucket(10.0, burst=1, clock=clock)
+    waits = [bucket.reserve() for _ in range(5)]
+    assert waits[-1] == pytest.approx(0.4)
+    bucket.set_rate(20.0)
+    assert bucket.epoch == 0
+    assert bucket.reserve() == pytest.approx(5 / 20)  # the debt stands, paced at 20/s
+    bucket.set_rate(1.0)
+    assert bucket.epoch == 1
+    assert bucket.reserve() == pytest.approx(1.0)  # a fresh start at the new rate
+
+
+@pytest.mark.anyio
+async def test_acquire_reserves_again_after_the_rate_was_cut(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Callers asleep on reservations made at the old rate re-reserve at the new one."""
+    clock = FakeClock()
+    throttle = Throttle(rate_per_minute=600.0, burst=1, clock=clock)
+    passed: list[float] = []
+
+    async def caller() -> None:
+        await throttle.acquire()
+        passed.append(clock.now)
+
+    gate = anyio.Event()
+
+    async def gated_sleep(seconds: float) -> None:
+        await gate.wait()  # the fake clock, not real time, says when sleepers wake
+
+    monkeypatch.setattr(anyio, "sleep", gated_sleep)
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            for _ in range(4):
+                tg.start_soon(caller)
+            await anyio.wait_all_tasks_blocked()
+            # The first went at once; three reserved 0.1, 0.2 and 0.3 s ahead.
+            assert passed == [0.0]
+            throttle.bucket.set_rate(1.0)  # cut while they sleep
+            clock.advance(0.3)
+            gate.set()
+    monkeypatch.undo()
+    assert len(passed) == 4
+    # After the cut each of the three took a new slot at 1/s: the bucket owes for them.
+    assert throttle.bucket.reserve() >= 2.0
+
+
 @dataclass
 class SimResult:
     """What a simulated run observed after its warm-up."""
