@@ -3,7 +3,7 @@
 Starts the simulator (``batchgen sim``, a separate process) for each scenario, runs
 batchgen in worker processes (and the hand-written peers beside it), prints one table
 per scenario, writes every raw figure to ``benchmarks/results/<time>.json`` and the
-tables with the machine to ``docs/benchmarks.md`` (each scenario's section replaced,
+tables with the machine to ``benchmarks/README.md`` (each scenario's section replaced,
 the others and the hand-written notes kept; not for ``--quick`` unless ``--markdown``).
 
 Scenarios (``--only a,b``): goodput, runner, latency, overhead, scale, peers, http.
@@ -77,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
         "--markdown",
         type=Path,
         default=None,
-        help="Markdown file to update (docs/benchmarks.md; a --quick run writes none unless given)",
+        help="Markdown file to update (benchmarks/README.md; a --quick run writes none unless given)",
     )
     parser.add_argument("--no-markdown", action="store_true", help="do not write Markdown")
     parser.add_argument(
@@ -180,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\nraw results: {out}")
     markdown = ns.markdown
     if markdown is None and not ns.quick:
-        markdown = common.ROOT / "docs" / "benchmarks.md"
+        markdown = common.ROOT / "benchmarks" / "README.md"
     if markdown is not None and not ns.no_markdown and results:
         summary = _goal_summary(results, markdown)
         update_markdown(markdown, machine, results, list(SCENARIOS), summary)

@@ -1,4 +1,4 @@
-"""Tables of results: plain text for the terminal, Markdown for ``docs/benchmarks.md``.
+"""Tables of results: plain text for the terminal, Markdown for ``benchmarks/README.md``.
 
 Each scenario returns a :class:`ScenarioResult` (tables, notes, raw data). The
 Markdown file keeps one section per scenario between ``<!-- scenario:NAME -->``
