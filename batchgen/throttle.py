@@ -250,9 +250,16 @@ class RateEstimator:
         elapsed = now - self._window_start
         if self.rate is None:
             return None
-        # Most answers refused: the rate is far over the limit (a burst-inflated first
-        # guess), and every second of the window would cost more 429s. Close it now.
-        flooded = self._limited >= 10 and self._limited > self._accepted and elapsed >= 0.5
+        # The first window after the provisional estimate, most answers refused: that
+        # burst-inflated guess is far over the limit, and every second of the window
+        # would cost more 429s. Close it now. (Only then: later, a run of refusals can
+        # be an upstream busy at random, which must not cut the rate fully.)
+        flooded = (
+            self._previous is None
+            and self._limited >= 10
+            and self._limited > self._accepted
+            and elapsed >= 0.5
+        )
         if elapsed < self.window() and not flooded:
             return None
         sent = self._accepted + self._limited

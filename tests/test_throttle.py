@@ -329,6 +329,19 @@ def test_estimator_cuts_fully_when_429s_follow_clean_windows() -> None:
     assert estimator.rate == pytest.approx(accepted_rate * estimator.margin, rel=0.01)
 
 
+def test_estimator_a_later_run_of_refusals_cuts_gently() -> None:
+    """Most answers refused in a window that is not the first after the estimate (an
+    upstream busy at random, in a streak) costs at most a tenth of the rate."""
+    clock = FakeClock()
+    estimator = _limited_estimator(clock, 10.0)
+    _window(estimator, clock, 15, 5)  # busy at random: a quarter refused
+    before = estimator.rate
+    assert before is not None
+    _window(estimator, clock, 8, 12)  # a streak: more refused than accepted
+    assert estimator.rate is not None
+    assert estimator.rate >= 0.9 * before * 0.999
+
+
 def test_estimator_climbs_in_half_steps_above_the_last_limit() -> None:
     """Over the rate where the limit was last met, clean windows raise the rate by half
     of ``growth``: they may only be the service's reserve being spent."""
