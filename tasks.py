@@ -48,7 +48,9 @@ def ensure_venv() -> None:
     print("installing batchgen and its dev tools into .venv ...", flush=True)
     pip = [str(PY), "-m", "pip", "--disable-pip-version-check", "install", "--quiet"]
     subprocess.run([*pip, "--upgrade", "pip"], check=True, cwd=ROOT)
-    subprocess.run([*pip, "-c", "constraints.txt", "-e", ".[dev]"], check=True, cwd=ROOT)
+    # The build backend notes that editable installs can be shadowed by folders: noise.
+    quiet = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    subprocess.run([*pip, "-c", "constraints.txt", "-e", ".[dev]"], check=True, cwd=ROOT, env=quiet)
     STAMP.write_text(wanted)
 
 

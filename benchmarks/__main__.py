@@ -77,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
         "--markdown",
         type=Path,
         default=None,
-        help="Markdown file to update (benchmarks/README.md; a --quick run writes none unless given)",
+        help="Markdown to update (benchmarks/README.md; none for --quick unless given)",
     )
     parser.add_argument("--no-markdown", action="store_true", help="do not write Markdown")
     parser.add_argument(
