@@ -155,7 +155,7 @@ class RateEstimator:
 
     A window without 429s that used its rate probes upward: doubling while far under
     the best accepted rate seen (or with none seen), ``growth`` near it, and half of
-    ``growth`` above the rate where the limit was last met: clean windows there may
+    ``growth`` above the rate where the limit was met (twice): clean windows there may
     only be the reserve being spent, so the pace is only a little over the limit
     when it runs out.
     """
@@ -194,6 +194,7 @@ class RateEstimator:
         self._previous: tuple[float, float, float] | None = None
         self._clean = 0  # windows in a row without a 429
         self._limit_at: float | None = None  # accepted rate of the last saturated window
+        self._limit_confirmed = False  # ... and the one before agreed with it
 
     def window(self) -> float:
         """The current window length: long enough to hold ``samples`` answers."""
@@ -273,7 +274,9 @@ class RateEstimator:
         if not self._limited:
             self._probe(sent, elapsed, accepted_rate)
         elif flooded:
-            self._saturated(accepted_rate, first=True)
+            # A window cut short after a few answers: it measures the limit too
+            # roughly to hold the probes back later (see _probe).
+            self._saturated(accepted_rate, first=True, measured=False)
         elif previous is None or previous[0] <= 0:
             # The first window after the provisional estimate (which the burst
             # inflates): more than a few 429s mean it was over the limit.
@@ -301,7 +304,9 @@ class RateEstimator:
         self._reset(now)
         return self.rate if self.rate != before else None
 
-    def _saturated(self, accepted_rate: float, *, first: bool = False) -> None:
+    def _saturated(
+        self, accepted_rate: float, *, first: bool = False, measured: bool = True
+    ) -> None:
         assert self.rate is not None
         self._probing = False
         self._limit_seen = True
@@ -309,7 +314,14 @@ class RateEstimator:
             self.rate = max(MIN_RATE, self.rate / 2)
             return
         first = first or self.ceiling is None  # nothing measured yet: trust this window
-        self._limit_at = accepted_rate
+        # A limit met twice at about the same rate is the service's: probes above it
+        # then climb in half steps (see _probe). One measurement is not enough: a
+        # window slowed by our own cooldowns under-measures.
+        previous = self._limit_at
+        self._limit_confirmed = (
+            measured and previous is not None and abs(accepted_rate / previous - 1) < 0.15
+        )
+        self._limit_at = accepted_rate if measured else None
         self.ceiling = accepted_rate
         target = min(self.rate, accepted_rate) * self.margin
         # One noisy window (an upstream busy at random) must not cost more than a
@@ -328,6 +340,7 @@ class RateEstimator:
         if (
             not far_under
             and not self._limited
+            and self._limit_confirmed
             and self._limit_at is not None
             and self.rate >= self._limit_at
         ):

@@ -342,27 +342,68 @@ def test_estimator_a_later_run_of_refusals_cuts_gently() -> None:
     assert estimator.rate >= 0.9 * before * 0.999
 
 
-def test_estimator_climbs_in_half_steps_above_the_last_limit() -> None:
-    """Over the rate where the limit was last met, clean windows raise the rate by half
-    of ``growth``: they may only be the service's reserve being spent."""
+def test_estimator_climbs_in_half_steps_above_a_limit_met_twice() -> None:
+    """Over the rate where the limit was met twice (at about the same rate), clean
+    windows raise the rate by half of ``growth``: they may only be the service's reserve
+    being spent. After the first meeting the steps stay whole (one window slowed by
+    our own cooldowns under-measures)."""
     clock = FakeClock()
     estimator = _limited_estimator(clock, 10.0)
     estimator.ceiling = 10.5
-    _window(estimator, clock, 20, 0)
-    _window(estimator, clock, 22, 0)
-    _window(estimator, clock, 20, 5)  # a limit met at about 9.7/s: full cut
+    half = 1 + (estimator.growth - 1) / 2
+
+    def clean_steps(count: int) -> list[float]:
+        steps = []
+        for _ in range(count):
+            rate = estimator.rate
+            assert rate is not None
+            _window(estimator, clock, max(20, int(rate * 2) + 1), 0)
+            assert estimator.rate is not None
+            steps.append(estimator.rate / rate)
+        return steps
+
+    clean_steps(2)
+    _window(estimator, clock, 20, 5)  # the limit met once: a full cut
+    first = clean_steps(3)
+    assert first == [pytest.approx(estimator.growth)] * 3  # whole steps, even above it
+    _window(estimator, clock, 20, 5)  # met again at about the same rate
     limit_at = estimator.ceiling
     assert limit_at is not None
-    start = estimator.rate
-    rates = []
-    for _ in range(4):
-        rate = estimator.rate
-        assert rate is not None
-        _window(estimator, clock, max(20, int(rate * 2) + 1), 0)
-        rates.append(estimator.rate)
-    steps = [b / a for a, b in zip([start, *rates[:-1]], rates, strict=True) if a and b]
-    assert steps[0] == pytest.approx(estimator.growth)  # still under the limit met
-    assert all(s == pytest.approx(1 + (estimator.growth - 1) / 2) for s in steps[1:])
+    steps = clean_steps(4)
+    rates = [estimator.rate]
+    assert steps[0] == pytest.approx(estimator.growth)  # from under the limit met
+    assert steps[1:] == [pytest.approx(half)] * 3
+    assert rates[0] is not None
+    assert rates[0] > limit_at
+
+
+def test_estimator_a_flooded_first_window_does_not_slow_the_climb() -> None:
+    """The first window after the estimate, cut short by a flood of 429s, measures the
+    limit too roughly to hold probes to half steps afterwards."""
+    clock = FakeClock()
+    estimator = RateEstimator(clock=clock, min_window=2.0, samples_per_window=20)
+    for _ in range(20):
+        clock.advance(0.01)
+        estimator.on_accepted()
+    for _ in range(5):
+        estimator.on_rate_limited()  # the first estimate: far over the limit
+    first = estimator.rate
+    for i in range(40):  # a flood: 2 accepted, then refusals until the window closes
+        clock.advance(0.1)
+        if i < 2:
+            estimator.on_accepted(sent_at=clock.now)
+        elif estimator.on_rate_limited(sent_at=clock.now) is not None:
+            break
+    rate = estimator.rate
+    assert rate is not None
+    assert first is not None
+    assert rate < first / 5  # cut fully
+    # Climbed back past what the flood measured, near the best seen: a growth step,
+    # not half of one.
+    estimator.rate = rate * 1.3
+    estimator.ceiling = rate * 1.35
+    _window(estimator, clock, max(20, int(rate * 3) + 1), 0)
+    assert estimator.rate == pytest.approx(rate * 1.3 * estimator.growth)
 
 
 def test_bucket_lowering_the_rate_voids_reservations() -> None:
