@@ -283,13 +283,15 @@ class RateEstimator:
             over = self.ceiling is None or sent_rate > self.ceiling * 1.02
             if over and self._limited / sent > 0.05:
                 self._saturated(accepted_rate, first=True)
-        elif share > 0.05 and clean_before >= 2:
+        elif share > 0.05 and clean_before >= 2 and sent_rate >= 0.6 * self.rate:
             # 429s appeared at this pace after clean windows (an upstream busy at random
             # leaves no two windows in a row clean): the service's reserve (burst) ran
             # out under a pace above its rate. Whatever
             # the pace did meanwhile: the cooldowns after 429s slow it by themselves,
             # and what the service accepted then follows, which is not elasticity.
-            # Clear evidence, so the cut is full.
+            # Clear evidence, so the cut is full; but only when the window used its
+            # rate: sent well under it (the in-flight limit or cooldowns pacing), what
+            # was accepted measures us, not the service.
             self._saturated(accepted_rate, first=True)
         else:
             paced = sent_rate / previous[0] - 1.0

@@ -329,6 +329,27 @@ def test_estimator_cuts_fully_when_429s_follow_clean_windows() -> None:
     assert estimator.rate == pytest.approx(accepted_rate * estimator.margin, rel=0.01)
 
 
+def test_estimator_429s_in_a_window_that_did_not_use_its_rate_cut_gently() -> None:
+    """429s after clean windows, but sent far under the rate (the in-flight limit or
+    the cooldowns paced the run): what was accepted measures us, so no full cut."""
+    clock = FakeClock()
+    estimator = _limited_estimator(clock, 10.0)
+    estimator.ceiling = 10.5
+    _window(estimator, clock, 20, 0)
+    _window(estimator, clock, 22, 0)
+    rate = estimator.rate
+    assert rate is not None
+    length = estimator.window()
+    for i in range(10):  # 10 answers in a whole window: under half the rate
+        clock.advance(length / 10 * 1.001)
+        if i < 2:
+            estimator.on_rate_limited(sent_at=clock.now)
+        else:
+            estimator.on_accepted(sent_at=clock.now)
+    assert estimator.rate is not None
+    assert estimator.rate >= 0.9 * rate * 0.999
+
+
 def test_estimator_a_later_run_of_refusals_cuts_gently() -> None:
     """Most answers refused in a window that is not the first after the estimate (an
     upstream busy at random, in a streak) costs at most a tenth of the rate."""
