@@ -88,7 +88,8 @@ def task_browser(extra: list[str]) -> int:
         print("installing Debian's chromium (needs root) ...", flush=True)
         subprocess.run(["/usr/bin/apt-get", "install", "-y", "-q", "chromium"], check=False)
     # Playwright drives that Chromium; it never downloads a browser of its own here.
-    run(str(PY), "-m", "pip", "install", "--quiet", "-c", "constraints.txt", "-e", ".[browser]")
+    pip = [str(PY), "-m", "pip", "install", "--quiet", "-c", "constraints.txt", "-e", ".[browser]"]
+    subprocess.run(pip, check=False, cwd=ROOT, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     return run(tool("pytest"), "-q", "-m", "browser", *extra)
 
 
