@@ -305,9 +305,8 @@ class Ledger:
         self.run_id: int | None = None
         # Tasks of the current spec are the rows whose ``last_run`` is this run id: the
         # run that last synced the spec. A run whose spec did not change adopts the
-        # previous generation instead of rewriting every row (see :meth:`touch_all`).
+        # previous generation instead of rewriting every row (see :meth:`adopt_last_sync`).
         self.member_run: int | None = None
-        self.synced = False  # this run wrote the spec's tasks (see :meth:`sync`)
         self._send: MemoryObjectSendStream[_Op] | None = None
         self.transitions_written = 0
         self.batches_written = 0
@@ -627,10 +626,9 @@ class Ledger:
             await conn.execute("UPDATE runs SET spec_tasks = ? WHERE id = ?", (seen, run_id))
 
         await self.run_in_writer(mark)
-        self.synced = True
         return added, seen
 
-    async def touch_all(self) -> None:
+    async def adopt_last_sync(self) -> None:
         """Keep the tasks of the last sync as this run's tasks (the spec did not change).
 
         No row is rewritten: this run adopts the last sync's generation, so a resume of

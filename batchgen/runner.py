@@ -166,7 +166,7 @@ async def _startup(ledger: Ledger, spec: Spec, options: RunOptions, hook: Progre
         )
     digest, known = await ledger.last_synced()
     if digest == spec.digest and known is not None:
-        await ledger.touch_all()
+        await ledger.adopt_last_sync()
     else:
         added, seen = await ledger.sync(_new_tasks(spec))
         if added and added != seen:
@@ -228,16 +228,13 @@ async def _write_metadata(ledger: Ledger, spec: Spec, output: Path) -> None:
     """Rewrite ``metadata.jsonl`` from the ledger unless it already says the same.
 
     The file is current when no task changed state since it was last written (the
-    newest event id is the one recorded then), the spec is the same and was not
-    re-synced, and the file is still there. Rebuilding it from every row would cost a
+    newest event id is the one recorded then), the spec is the same (its digest, which
+    also covers a re-sync: the same spec syncs to the same rows), and the file is
+    still there. Rebuilding it from every row would cost a
     resume of a large finished job seconds for nothing.
     """
     marker = f"{await ledger.last_event_id()}:{spec.digest}"
-    if (
-        not ledger.synced
-        and await ledger.get_meta(_METADATA_MARKER) == marker
-        and (output / METADATA_NAME).is_file()
-    ):
+    if await ledger.get_meta(_METADATA_MARKER) == marker and (output / METADATA_NAME).is_file():
         return
     await write_metadata(output, _metadata_rows(ledger))
     await ledger.set_meta(_METADATA_MARKER, marker)

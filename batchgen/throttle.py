@@ -191,7 +191,7 @@ class RateEstimator:
         self._window_start = clock()
         self._accepted = 0
         self._limited = 0
-        self._previous: tuple[float, float, float] | None = None
+        self._previous: tuple[float, float] | None = None  # sent and accepted per second
         self._clean = 0  # windows in a row without a 429
         self._limit_at: float | None = None  # accepted rate of the last saturated window
         self._limit_confirmed = False  # ... and the one before agreed with it
@@ -269,7 +269,7 @@ class RateEstimator:
         share = self._limited / sent if sent else 0.0
         clean_before = self._clean
         self._clean = 0 if self._limited else self._clean + 1
-        previous, self._previous = self._previous, (sent_rate, accepted_rate, share)
+        previous, self._previous = self._previous, (sent_rate, accepted_rate)
         before = self.rate
         if not self._limited:
             self._probe(sent, elapsed, accepted_rate)
@@ -286,17 +286,17 @@ class RateEstimator:
         elif share > 0.05 and clean_before >= 2 and sent_rate >= 0.6 * self.rate:
             # 429s appeared at this pace after clean windows (an upstream busy at random
             # leaves no two windows in a row clean): the service's reserve (burst) ran
-            # out under a pace above its rate. Whatever
-            # the pace did meanwhile: the cooldowns after 429s slow it by themselves,
-            # and what the service accepted then follows, which is not elasticity.
+            # out under a pace above its rate. Whatever the pace did meanwhile: the
+            # cooldowns after 429s slow it by themselves, and what the service
+            # accepted then follows, which is not elasticity.
             # Clear evidence, so the cut is full; but only when the window used its
             # rate: sent well under it (the in-flight limit or cooldowns pacing), what
             # was accepted measures us, not the service.
             self._saturated(accepted_rate, first=True)
         else:
             paced = sent_rate / previous[0] - 1.0
-            gained = accepted_rate / previous[1] - 1.0 if previous[1] > 0 else paced
             if abs(paced) > 0.03:
+                gained = accepted_rate / previous[1] - 1.0 if previous[1] > 0 else paced
                 # Elastic: what the service accepted followed the pace (up or down),
                 # so the pace, not the service, was the limit.
                 if gained / paced >= 0.5:

@@ -230,7 +230,7 @@ async def test_resync_keeps_state_and_refreshes_order_path_and_price(db: Path) -
 
 
 async def test_count_not_in_run_counts_tasks_the_spec_dropped(db: Path) -> None:
-    """Tasks not seen by this run's sync are counted, and touch_all re-adopts an unchanged plan."""
+    """Tasks not seen by this run's sync are counted; an unchanged plan is adopted again."""
     async with Ledger.open(db) as ledger:
         await ledger.begin_run(argv=[], spec_digest="d1")
         await ledger.sync(new_task(i) for i in range(5))
@@ -240,7 +240,7 @@ async def test_count_not_in_run_counts_tasks_the_spec_dropped(db: Path) -> None:
         assert await ledger.count_not_in_run() == 2
         await ledger.begin_run(argv=[], spec_digest="d2")
         assert await ledger.count_not_in_run() == 5
-        await ledger.touch_all()
+        await ledger.adopt_last_sync()
         assert await ledger.count_not_in_run() == 2
         assert await ledger.last_synced() == ("d2", 3)
         assert {r.key for r in await ledger.page([TaskState.PENDING])} == {
