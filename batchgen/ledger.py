@@ -624,19 +624,32 @@ class Ledger:
 
         async def mark(conn: aiosqlite.Connection) -> None:
             await conn.execute("UPDATE runs SET spec_tasks = ? WHERE id = ?", (seen, run_id))
+            # The generation later runs of this spec adopt: a sync that dies half-way
+            # labels some rows with its run id, so "the newest label" is not it.
+            await conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('member_run', ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (str(run_id),),
+            )
 
         await self.run_in_writer(mark)
         return added, seen
 
-    async def adopt_last_sync(self) -> None:
+    async def adopt_last_sync(self) -> bool:
         """Keep the tasks of the last sync as this run's tasks (the spec did not change).
 
         No row is rewritten: this run adopts the last sync's generation, so a resume of
-        a large job starts in constant time.
+        a large job starts in constant time. Returns False, adopting nothing, when a
+        later sync died half-way and relabelled rows: then the caller must sync.
         """
         run_id = self.run_id
 
         async def adopt(conn: aiosqlite.Connection) -> int | None:
+            generation = await last_generation(conn)
+            async with conn.execute("SELECT MAX(last_run) FROM tasks") as cur:
+                top = await cur.fetchone()
+            if top is not None and top[0] is not None and int(top[0]) != generation:
+                return None
             async with conn.execute(
                 "SELECT spec_tasks FROM runs WHERE spec_tasks IS NOT NULL ORDER BY id DESC LIMIT 1"
             ) as cur:
@@ -644,11 +657,28 @@ class Ledger:
             await conn.execute(
                 "UPDATE runs SET spec_tasks = ? WHERE id = ?", (row[0] if row else None, run_id)
             )
-            async with conn.execute("SELECT MAX(last_run) FROM tasks") as cur:
-                top = await cur.fetchone()
-            return int(top[0]) if top and top[0] is not None else run_id
+            return generation
 
-        self.member_run = await self.run_in_writer(adopt)
+        async def last_generation(conn: aiosqlite.Connection) -> int | None:
+            async with conn.execute("SELECT value FROM meta WHERE key = 'member_run'") as cur:
+                member = await cur.fetchone()
+            if member is not None:
+                return int(member[0])
+            # A ledger from before the meta table: there every run relabelled its rows,
+            # so the last run that finished syncing is the generation.
+            async with conn.execute(
+                "SELECT id FROM runs WHERE spec_tasks IS NOT NULL AND id IS NOT ?"
+                " ORDER BY id DESC LIMIT 1",
+                (run_id,),
+            ) as cur:
+                last = await cur.fetchone()
+            return int(last[0]) if last is not None else None
+
+        adopted = await self.run_in_writer(adopt)
+        if adopted is None:
+            return False
+        self.member_run = adopted
+        return True
 
     async def count_not_in_run(self) -> int:
         """Tasks in the ledger that the current spec no longer lists."""

@@ -165,9 +165,7 @@ async def _startup(ledger: Ledger, spec: Spec, options: RunOptions, hook: Progre
             " unknown (they may have been charged); `batchgen retry SPEC --unknown` resubmits",
         )
     digest, known = await ledger.last_synced()
-    if digest == spec.digest and known is not None:
-        await ledger.adopt_last_sync()
-    else:
+    if not (digest == spec.digest and known is not None and await ledger.adopt_last_sync()):
         added, seen = await ledger.sync(_new_tasks(spec))
         if added and added != seen:
             hook.on_message("info", f"the spec adds {added} new task(s) to this job")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -240,7 +240,7 @@ async def test_count_not_in_run_counts_tasks_the_spec_dropped(db: Path) -> None:
         assert await ledger.count_not_in_run() == 2
         await ledger.begin_run(argv=[], spec_digest="d2")
         assert await ledger.count_not_in_run() == 5
-        await ledger.adopt_last_sync()
+        assert await ledger.adopt_last_sync()
         assert await ledger.count_not_in_run() == 2
         assert await ledger.last_synced() == ("d2", 3)
         assert {r.key for r in await ledger.page([TaskState.PENDING])} == {
@@ -250,6 +250,30 @@ async def test_count_not_in_run_counts_tasks_the_spec_dropped(db: Path) -> None:
         }
     # Adopting the previous sync rewrites no task row: a resume starts in constant time.
     assert query(db, "SELECT DISTINCT last_run FROM tasks ORDER BY 1") == [(1,), (2,)]
+
+
+async def test_a_sync_that_died_half_way_does_not_change_the_adopted_plan(db: Path) -> None:
+    """A run of a new spec that died mid-sync labelled some rows; the next run of the
+    old spec adopts the old spec's tasks, not those half-labelled rows."""
+
+    def dies_after_two() -> Iterator[NewTask]:
+        yield new_task(0)
+        yield new_task(5)
+        raise RuntimeError("killed mid-sync")
+
+    async with Ledger.open(db) as ledger:
+        await ledger.begin_run(argv=[], spec_digest="d1")
+        await ledger.sync(new_task(i) for i in range(5))
+        await ledger.begin_run(argv=[], spec_digest="d2")
+        with pytest.raises(RuntimeError):
+            await ledger.sync(dies_after_two(), batch=1)
+        await ledger.begin_run(argv=[], spec_digest="d1")
+        assert await ledger.last_synced() == ("d1", 5)
+        assert not await ledger.adopt_last_sync()  # k0000 was relabelled: sync again
+        await ledger.sync(new_task(i) for i in range(5))
+        assert await ledger.count_not_in_run() == 1  # k0005, of the spec that died
+        keys = {r.key for r in await ledger.page([TaskState.PENDING])}
+        assert keys == {f"k{i:04d}" for i in range(5)}
 
 
 async def test_meta_values_and_last_event_id(db: Path) -> None:
