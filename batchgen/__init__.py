@@ -14,10 +14,10 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from batchgen.client import BearerAuth, CobabaClient, PlaygroundAuth, Timeouts
+    from batchgen.api.client import BearerAuth, CobabaClient, PlaygroundAuth, Timeouts
     from batchgen.errors import BatchgenError
-    from batchgen.runner import RunHandle, RunOptions, RunSummary, arun, run
-    from batchgen.spec import Spec, load_spec
+    from batchgen.runner.job import RunHandle, RunOptions, RunSummary, arun, run
+    from batchgen.spec.load import Spec, load_spec
 
 __version__ = "0.1.0"
 
@@ -39,17 +39,17 @@ __all__ = [
 
 _HOMES = {
     "BatchgenError": "batchgen.errors",
-    "BearerAuth": "batchgen.client",
-    "CobabaClient": "batchgen.client",
-    "PlaygroundAuth": "batchgen.client",
-    "Timeouts": "batchgen.client",
-    "RunHandle": "batchgen.runner",
-    "RunOptions": "batchgen.runner",
-    "RunSummary": "batchgen.runner",
-    "arun": "batchgen.runner",
-    "run": "batchgen.runner",
-    "Spec": "batchgen.spec",
-    "load_spec": "batchgen.spec",
+    "BearerAuth": "batchgen.api.client",
+    "CobabaClient": "batchgen.api.client",
+    "PlaygroundAuth": "batchgen.api.client",
+    "Timeouts": "batchgen.api.client",
+    "RunHandle": "batchgen.runner.job",
+    "RunOptions": "batchgen.runner.job",
+    "RunSummary": "batchgen.runner.job",
+    "arun": "batchgen.runner.job",
+    "run": "batchgen.runner.job",
+    "Spec": "batchgen.spec.load",
+    "load_spec": "batchgen.spec.load",
 }
 
 

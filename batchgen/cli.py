@@ -24,7 +24,7 @@ import anyio
 
 from batchgen import __version__
 from batchgen.errors import BatchgenError, SpecError, leaf_error, redact
-from batchgen.progress import Snapshot
+from batchgen.runner.progress import Snapshot
 
 __all__ = ["entrypoint", "main"]
 
@@ -221,7 +221,7 @@ def _sim_flag(p: argparse.ArgumentParser) -> None:
 
 
 def _load(args: argparse.Namespace) -> Any:
-    from batchgen.spec import load_spec
+    from batchgen.spec.load import load_spec
 
     spec = load_spec(
         args.spec,
@@ -236,7 +236,7 @@ def _load(args: argparse.Namespace) -> Any:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from batchgen.plan import validate_summary
+    from batchgen.spec.plan import validate_summary
 
     spec = _load(args)
     print(validate_summary(spec))
@@ -244,7 +244,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from batchgen.plan import format_plan, plan_json_lines, plan_summary
+    from batchgen.spec.plan import format_plan, plan_json_lines, plan_summary
 
     spec = _load(args)
     if args.json:
@@ -258,8 +258,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 async def _done_keys(spec: Any) -> frozenset[str]:
-    from batchgen.ledger import Ledger, TaskState
-    from batchgen.runner import ledger_path
+    from batchgen.ledger.store import Ledger, TaskState
+    from batchgen.runner.job import ledger_path
 
     path = ledger_path(spec)
     if not path.exists():
@@ -269,14 +269,14 @@ async def _done_keys(spec: Any) -> frozenset[str]:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from batchgen.plan import spec_json_schema
+    from batchgen.spec.plan import spec_json_schema
 
     print(json.dumps(spec_json_schema(), indent=2, ensure_ascii=False))
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from batchgen.runner import RunOptions
+    from batchgen.runner.job import RunOptions
 
     spec = _load(args)
     options = RunOptions(
@@ -302,7 +302,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         print(_format_summary(summary, spec))
     if args.gallery:
-        from batchgen.gallery import build_gallery
+        from batchgen.gallery.build import build_gallery
 
         index = anyio.run(build_gallery, spec, backend="asyncio")
         print(f"  gallery: {index}", file=sys.stderr if args.json else sys.stdout)
@@ -310,7 +310,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 async def _run_async(spec: Any, options: Any, hook: Any, args: argparse.Namespace) -> Any:
-    from batchgen.runner import RunHandle, arun, sim_session
+    from batchgen.runner.job import RunHandle, arun, sim_session
 
     handle = RunHandle()
     async with anyio.create_task_group() as tg:
@@ -398,7 +398,7 @@ def _quote(path: str) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from batchgen.report import job_status
+    from batchgen.ledger.report import job_status
 
     spec = _load(args)
     status = anyio.run(job_status, spec, backend="asyncio")
@@ -421,7 +421,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    from batchgen.report import retry_tasks
+    from batchgen.ledger.report import retry_tasks
 
     spec = _load(args)
     failed = args.failed or not (args.failed or args.unknown)
@@ -436,7 +436,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from batchgen.report import export_rows
+    from batchgen.ledger.report import export_rows
 
     spec = _load(args)
     out: TextIO = (
@@ -580,8 +580,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
     _sim_flag(p)
 
-    from batchgen.gallery import configure_parser as gallery_parser
-    from batchgen.gallery import run_from_args as gallery_run
+    from batchgen.gallery.build import configure_parser as gallery_parser
+    from batchgen.gallery.build import run_from_args as gallery_run
 
     p = add("gallery", gallery_run, "write index.html: the job's images on labelled grids, offline")
     gallery_parser(p)

@@ -66,10 +66,10 @@ def _rss_now_mb() -> float:
 def _run(options: dict[str, Any]) -> dict[str, Any]:
     import anyio
 
-    from batchgen.client import BearerAuth
-    from batchgen.progress import NullHook, Snapshot
-    from batchgen.runner import RunOptions, arun, ledger_path
-    from batchgen.spec import load_spec
+    from batchgen.api.client import BearerAuth
+    from batchgen.runner.job import RunOptions, arun, ledger_path
+    from batchgen.runner.progress import NullHook, Snapshot
+    from batchgen.spec.load import load_spec
 
     class Hook(NullHook):
         started: float | None = None
@@ -121,9 +121,9 @@ def _run(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def _plan(options: dict[str, Any]) -> dict[str, Any]:
-    from batchgen.matrix import count_tasks, expand
-    from batchgen.plan import plan_summary
-    from batchgen.spec import load_spec
+    from batchgen.spec.load import load_spec
+    from batchgen.spec.matrix import count_tasks, expand
+    from batchgen.spec.plan import plan_summary
 
     out: dict[str, Any] = {"rss_after_import_mb": _rss_now_mb()}
     t0 = time.perf_counter()
@@ -152,7 +152,7 @@ def _plan(options: dict[str, Any]) -> dict[str, Any]:
 def _ledger(options: dict[str, Any]) -> dict[str, Any]:
     import anyio
 
-    from batchgen.ledger import Ledger, NewTask, TaskState, Transition
+    from batchgen.ledger.store import Ledger, NewTask, TaskState, Transition
 
     tasks = int(options["tasks"])
     writers = int(options.get("writers", 64))

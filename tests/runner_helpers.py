@@ -19,13 +19,13 @@ from typing import Any
 import anyio
 import anyio.from_thread
 
-from batchgen.client import BearerAuth
-from batchgen.ledger import Ledger, TaskRow
-from batchgen.progress import Snapshot
-from batchgen.runner import RunHandle, RunOptions, RunSummary, arun, ledger_path
+from batchgen.api.client import BearerAuth
+from batchgen.ledger.store import Ledger, TaskRow
+from batchgen.runner.job import RunHandle, RunOptions, RunSummary, arun, ledger_path
+from batchgen.runner.progress import Snapshot
 from batchgen.sim import SimConfig, SimServer, running_simulator
 from batchgen.sim.wire import Request
-from batchgen.spec import load_spec
+from batchgen.spec.load import load_spec
 
 SIM_KEY = "sk-sim"
 

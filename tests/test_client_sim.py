@@ -17,10 +17,9 @@ import httpx2 as httpx
 import pytest
 from PIL import Image
 
-from batchgen.catalog import DEFAULT_PRICES
-from batchgen.client import BearerAuth, CobabaClient, PlaygroundAuth, Timeouts
-from batchgen.errors import AuthenticationError, ConfigError, TaskNotFoundError, UpstreamError
-from batchgen.responses import (
+from batchgen.api.catalog import DEFAULT_PRICES
+from batchgen.api.client import BearerAuth, CobabaClient, PlaygroundAuth, Timeouts
+from batchgen.api.responses import (
     ChatChunk,
     ChatCompletion,
     FailureReason,
@@ -29,6 +28,7 @@ from batchgen.responses import (
     TaskInfo,
     TaskStatus,
 )
+from batchgen.errors import AuthenticationError, ConfigError, TaskNotFoundError, UpstreamError
 from batchgen.sim import SimConfig, SimServer
 from tests.conftest import SimFactory
 

@@ -22,8 +22,7 @@ from pathlib import Path
 import httpx2 as httpx
 import pytest
 
-from batchgen.client import BearerAuth, CobabaClient, PlaygroundAuth, Timeouts
-from batchgen.download import Downloader
+from batchgen.api.client import BearerAuth, CobabaClient, PlaygroundAuth, Timeouts
 from batchgen.errors import (
     Accepted,
     AuthenticationError,
@@ -43,6 +42,7 @@ from batchgen.errors import (
     UnsafeURLError,
     UpstreamError,
 )
+from batchgen.output.fetch import Downloader
 from batchgen.sim import SimConfig, SimServer
 from tests.conftest import SimFactory
 from tests.test_client_sim import NOW

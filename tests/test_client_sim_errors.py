@@ -11,8 +11,9 @@ from collections.abc import Iterator, Mapping
 
 import pytest
 
-from batchgen.catalog import DEFAULT_PRICES
-from batchgen.client import BearerAuth, CobabaClient, Timeouts
+from batchgen.api.catalog import DEFAULT_PRICES
+from batchgen.api.client import BearerAuth, CobabaClient, Timeouts
+from batchgen.api.responses import TaskStatus
 from batchgen.errors import (
     Accepted,
     APIError,
@@ -29,7 +30,6 @@ from batchgen.errors import (
     TaskNotFoundError,
     UpstreamError,
 )
-from batchgen.responses import TaskStatus
 from batchgen.sim import SimConfig, SimServer
 from tests.conftest import SimFactory
 from tests.test_client_sim import NOW, client_for, sim_json

@@ -15,13 +15,14 @@ from typing import Any
 import httpx2 as httpx
 import pytest
 
-from batchgen.client import (
+from batchgen.api.client import (
     BearerAuth,
     CobabaClient,
     PlaygroundAuth,
     Timeouts,
     parse_retry_after,
 )
+from batchgen.api.responses import ImagesResult, Submission, TaskStatus
 from batchgen.errors import (
     Accepted,
     APIError,
@@ -40,7 +41,6 @@ from batchgen.errors import (
     TaskNotFoundError,
     UpstreamError,
 )
-from batchgen.responses import ImagesResult, Submission, TaskStatus
 
 KEY = "sk-unitTestKey0123456789"
 CANARY = "sk-canary-7f3a9c2e41b8d6f0"

@@ -14,7 +14,6 @@ import httpx2 as httpx
 import pytest
 from PIL import Image
 
-from batchgen.download import PART_SUFFIX, Downloader, SavedImage, is_local_host
 from batchgen.errors import (
     DownloadError,
     DownloadTooLargeError,
@@ -23,6 +22,7 @@ from batchgen.errors import (
     TruncatedDownloadError,
     UnsafeURLError,
 )
+from batchgen.output.fetch import PART_SUFFIX, Downloader, SavedImage, is_local_host
 
 Handler = Callable[[httpx.Request], httpx.Response]
 Resolver = Callable[[str], Awaitable[list[str]]]

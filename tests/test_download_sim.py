@@ -15,14 +15,14 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from batchgen.download import PART_SUFFIX, Downloader, SavedImage
+from batchgen.api.responses import TaskInfo
 from batchgen.errors import (
     DownloadTooLargeError,
     ResultExpiredError,
     TruncatedDownloadError,
     UnsafeURLError,
 )
-from batchgen.responses import TaskInfo
+from batchgen.output.fetch import PART_SUFFIX, Downloader, SavedImage
 from batchgen.sim import SimConfig, SimServer, running_simulator
 from tests.conftest import SimFactory
 from tests.test_client_sim import NOW, client_for, playground_for, sim_json

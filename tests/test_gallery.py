@@ -21,14 +21,14 @@ import pytest
 from PIL import Image
 
 from batchgen.errors import ConfigError, UsageError
-from batchgen.gallery import (
+from batchgen.gallery.build import (
     THUMBS_DIR,
     build_gallery,
     configure_parser,
     make_gallery,
     run_from_args,
 )
-from batchgen.gallery_model import (
+from batchgen.gallery.model import (
     Dimension,
     TaskView,
     build_grids,
@@ -37,10 +37,10 @@ from batchgen.gallery_model import (
     paginate,
     variant_dimension,
 )
-from batchgen.ledger import Ledger, TaskState
-from batchgen.matrix import expand
-from batchgen.runner import RunOptions, arun, ledger_path, sim_session
-from batchgen.spec import Spec, load_spec
+from batchgen.ledger.store import Ledger, TaskState
+from batchgen.runner.job import RunOptions, arun, ledger_path, sim_session
+from batchgen.spec.load import Spec, load_spec
+from batchgen.spec.matrix import expand
 
 HOSTILE = "<script>alert(1)</script>"
 MODELS = ("nano-banana-fast", "gpt-image-2")

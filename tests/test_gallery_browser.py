@@ -14,8 +14,8 @@ from typing import Any
 import anyio
 import pytest
 
-from batchgen.gallery import build_gallery
-from batchgen.spec import Spec, load_spec
+from batchgen.gallery.build import build_gallery
+from batchgen.spec.load import Spec, load_spec
 from tests.test_gallery import MODELS, RATIOS, run_job, write_spec
 
 pytestmark = pytest.mark.browser

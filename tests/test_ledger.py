@@ -13,7 +13,7 @@ import anyio
 import pytest
 
 from batchgen.errors import LedgerError, register_secret
-from batchgen.ledger import LEDGER_NAME, Ledger, NewTask, TaskState, Transition
+from batchgen.ledger.store import LEDGER_NAME, Ledger, NewTask, TaskState, Transition
 
 pytestmark = pytest.mark.anyio
 

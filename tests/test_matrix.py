@@ -16,7 +16,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batchgen.combos import (
+from batchgen.errors import ConfigError, SpecError
+from batchgen.spec.combos import (
     Axis,
     AxisValue,
     MatrixDef,
@@ -24,8 +25,8 @@ from batchgen.combos import (
     count_combinations,
     iter_combinations,
 )
-from batchgen.errors import ConfigError, SpecError
-from batchgen.matrix import (
+from batchgen.spec.load import Spec, load_spec
+from batchgen.spec.matrix import (
     PlannedTask,
     build_request,
     count_tasks,
@@ -34,9 +35,8 @@ from batchgen.matrix import (
     render_layout,
     task_key,
 )
-from batchgen.placeholders import TemplateError, parse_template
-from batchgen.spec import Spec, load_spec
-from batchgen.spec_sources import Where
+from batchgen.spec.placeholders import TemplateError, parse_template
+from batchgen.spec.sources import Where
 
 HERE = Where("test", 1, 1)
 PNG = base64.b64decode(

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from batchgen.matrix import count_tasks
-from batchgen.plan import format_plan, plan_summary
-from batchgen.spec import load_spec
+from batchgen.spec.load import load_spec
+from batchgen.spec.matrix import count_tasks
+from batchgen.spec.plan import format_plan, plan_summary
 
 MEMORY_LIMIT = 150 * 1024 * 1024
 

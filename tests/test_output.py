@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from batchgen.errors import ConfigError
-from batchgen.output import (
+from batchgen.output.tree import (
     DEFAULT_LAYOUT,
     MAX_COMPONENT_BYTES,
     MAX_FIELD_BYTES,

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from batchgen.matrix import expand
-from batchgen.plan import (
+from batchgen.spec.load import Spec, load_spec
+from batchgen.spec.matrix import expand
+from batchgen.spec.plan import (
     PlanSummary,
     format_plan,
     plan_json_lines,
@@ -16,7 +17,6 @@ from batchgen.plan import (
     spec_json_schema,
     validate_summary,
 )
-from batchgen.spec import Spec, load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -7,8 +7,7 @@ from typing import Any
 
 import pytest
 
-from batchgen.errors import BusinessError, ResponseFormatError, TaskNotFoundError
-from batchgen.responses import (
+from batchgen.api.responses import (
     FailureReason,
     TaskInfo,
     TaskStatus,
@@ -21,6 +20,7 @@ from batchgen.responses import (
     parse_task,
     unwrap,
 )
+from batchgen.errors import BusinessError, ResponseFormatError, TaskNotFoundError
 
 ROUTE = "POST /draw/result"
 PNG_BYTES = b"\x89PNG\r\n\x1a\nnot-really-a-png"

@@ -22,12 +22,12 @@ import anyio
 import pytest
 from PIL import Image
 
-from batchgen.client import BearerAuth
+from batchgen.api.client import BearerAuth
 from batchgen.errors import AuthenticationError, BusinessError, SpecError
-from batchgen.ledger import TaskState, Transition
-from batchgen.report import job_status, retry_tasks
-from batchgen.runner import RunHandle, ledger_path
-from batchgen.spec import load_spec
+from batchgen.ledger.report import job_status, retry_tasks
+from batchgen.ledger.store import TaskState, Transition
+from batchgen.runner.job import RunHandle, ledger_path
+from batchgen.spec.load import load_spec
 from tests.conftest import SimFactory
 from tests.runner_helpers import (
     GRID,
@@ -822,7 +822,7 @@ async def test_cancelling_a_run_from_outside_is_clean(
 
 LIBRARY_RUN = """
 import sys, anyio
-from batchgen.runner import RunOptions, arun, sim_session
+from batchgen.runner.job import RunOptions, arun, sim_session
 
 async def main() -> None:
     async with sim_session(latency=0.05, image_scale=0.05) as (url, auth):

@@ -13,8 +13,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from batchgen.ledger import TaskState
-from batchgen.runner import RunHandle
+from batchgen.ledger.store import TaskState
+from batchgen.runner.job import RunHandle
 from tests.conftest import SimFactory
 from tests.runner_helpers import (
     RecordingHook,

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from batchgen.report import retry_tasks
+from batchgen.ledger.report import retry_tasks
 from batchgen.sim import running_simulator
-from batchgen.spec import load_spec
+from batchgen.spec.load import load_spec
 from tests.conftest import SimFactory
 from tests.runner_helpers import (
     ledger_rows,

@@ -10,7 +10,7 @@ import anyio
 import httpx2 as httpx
 import pytest
 
-from batchgen.catalog import DEFAULT_PRICES
+from batchgen.api.catalog import DEFAULT_PRICES
 from batchgen.sim import SimConfig, SimServer, running_simulator
 from tests.conftest import SimFactory
 

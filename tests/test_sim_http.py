@@ -14,7 +14,7 @@ import httpx2 as httpx
 import pytest
 from PIL import Image
 
-from batchgen.catalog import DEFAULT_PRICES
+from batchgen.api.catalog import DEFAULT_PRICES
 from batchgen.sim import SimConfig, SimServer
 from tests.conftest import SimFactory
 

@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from batchgen.catalog import DEFAULT_PRICES
+from batchgen.api.catalog import DEFAULT_PRICES
 from batchgen.sim.config import SimConfig, config_from_args, configure_parser
 from batchgen.sim.state import InsufficientCredits, SimState, TokenBucket, parse_markers
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from batchgen.catalog import DEFAULT_PRICES
+from batchgen.api.catalog import DEFAULT_PRICES
 from batchgen.errors import ConfigError, SpecError, SpecIssue
-from batchgen.matrix import expand
-from batchgen.spec import DEFAULT_BASE_URL, Spec, load_spec
+from batchgen.spec.load import DEFAULT_BASE_URL, Spec, load_spec
+from batchgen.spec.matrix import expand
 
 ROOT = Path(__file__).resolve().parent.parent
 BAD_SPECS = Path(__file__).resolve().parent / "bad_specs"

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batchgen.throttle import (
+from batchgen.runner.throttle import (
     MIN_RATE,
     AdaptiveLimit,
     BackoffPolicy,

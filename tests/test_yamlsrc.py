@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from batchgen.errors import SpecError
-from batchgen.yamlsrc import MAX_NODES, load_yaml_file, parse_yaml
+from batchgen.spec.yamlsrc import MAX_NODES, load_yaml_file, parse_yaml
 
 BILLION_LAUGHS = """\
 a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]

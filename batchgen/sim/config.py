@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from batchgen.catalog import DEFAULT_PRICES
+from batchgen.api.catalog import DEFAULT_PRICES
 
 __all__ = ["SimConfig", "config_from_args", "configure_parser"]
 

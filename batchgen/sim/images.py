@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw, ImageFont
 
-from batchgen.catalog import image_dimensions
+from batchgen.api.catalog import image_dimensions
 
 __all__ = ["DEFAULT_CACHE_BYTES", "ImageCache", "RenderParams", "RenderedImage", "render_png"]
 

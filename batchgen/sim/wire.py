@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from email.utils import formatdate
 from typing import Any
 
-from batchgen.catalog import IMAGE_SIZES, family_of, image_dimensions
+from batchgen.api.catalog import IMAGE_SIZES, family_of, image_dimensions
 from batchgen.errors import redact
 
 __all__ = [

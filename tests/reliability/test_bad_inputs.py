@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 from batchgen.errors import BatchgenError, SpecError
-from batchgen.output import _WINDOWS_RESERVED
-from batchgen.runner import _new_tasks
-from batchgen.spec import load_spec
+from batchgen.output.tree import _WINDOWS_RESERVED
+from batchgen.runner.job import _new_tasks
+from batchgen.spec.load import load_spec
 from tests.reliability.harness import (
     CANARY_SCAN,
     Processes,

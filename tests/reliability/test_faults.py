@@ -16,10 +16,10 @@ from typing import Any
 import anyio
 import pytest
 
-from batchgen.client import BearerAuth
-from batchgen.ledger import Ledger, Transition
-from batchgen.progress import NullHook, Snapshot
-from batchgen.runner import RunHandle, RunOptions, arun
+from batchgen.api.client import BearerAuth
+from batchgen.ledger.store import Ledger, Transition
+from batchgen.runner.job import RunHandle, RunOptions, arun
+from batchgen.runner.progress import NullHook, Snapshot
 from batchgen.sim import SimConfig, running_simulator
 from tests.reliability.harness import (
     CANARY,

@@ -15,10 +15,10 @@ import httpx2 as httpx
 import pytest
 from PIL import Image
 
-from batchgen.client import BearerAuth
-from batchgen.download import Downloader
+from batchgen.api.client import BearerAuth
 from batchgen.errors import DownloadError
-from batchgen.runner import RunOptions, arun
+from batchgen.output.fetch import Downloader
+from batchgen.runner.job import RunOptions, arun
 from batchgen.sim import SimConfig, running_simulator
 from tests.reliability.harness import (
     CANARY,

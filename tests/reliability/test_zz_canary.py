@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from batchgen.client import BearerAuth, CobabaClient
+from batchgen.api.client import BearerAuth, CobabaClient
 from batchgen.errors import AuthenticationError
-from batchgen.runner import RunOptions
+from batchgen.runner.job import RunOptions
 from tests.reliability.harness import (
     CANARY,
     CANARY_SCAN,

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from batchgen.gallery_model import Choice, Page, Part, SheetLink, TaskView, grid_title
+from batchgen.gallery.model import Choice, Page, Part, SheetLink, TaskView, grid_title
 
 __all__ = ["STATE_ORDER", "PageContext", "render_page"]
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-from batchgen.catalog import family_of
-from batchgen.combos import Counts, MatrixDef, MatrixEntry
-from batchgen.combos import walk_classes as _walk
-from batchgen.matrix import TaskDefaults, pixel_size
-from batchgen.placeholders import Template, TemplateError, parse_template
-from batchgen.spec_resolve import REQUEST_VARS, Context, TemplateUse, did_you_mean
-from batchgen.spec_sources import Where
+from batchgen.api.catalog import family_of
+from batchgen.spec.combos import Counts, MatrixDef, MatrixEntry
+from batchgen.spec.combos import walk_classes as _walk
+from batchgen.spec.matrix import TaskDefaults, pixel_size
+from batchgen.spec.placeholders import Template, TemplateError, parse_template
+from batchgen.spec.resolve import REQUEST_VARS, Context, TemplateUse, did_you_mean
+from batchgen.spec.sources import Where
 
 __all__ = ["LAYOUT_FIELDS", "Estimate", "check_combinations"]
 

@@ -23,21 +23,21 @@ from urllib.parse import urlsplit
 
 import anyio
 
-from batchgen.client import BearerAuth, CobabaClient, PlaygroundAuth, Timeouts
-from batchgen.download import PART_SUFFIX, Downloader, is_local_host
+from batchgen.api.client import BearerAuth, CobabaClient, PlaygroundAuth, Timeouts
 from batchgen.errors import ConfigError, LedgerError, leaf_error
-from batchgen.ledger import LEDGER_NAME, Ledger, NewTask, TaskState, Transition
-from batchgen.matrix import count_tasks, expand, materialize_request
-from batchgen.output import (
+from batchgen.ledger.store import LEDGER_NAME, Ledger, NewTask, TaskState, Transition
+from batchgen.output.fetch import PART_SUFFIX, Downloader, is_local_host
+from batchgen.output.tree import (
     METADATA_NAME,
     SUMMARY_NAME,
     layout_relpath,
     write_atomic,
     write_metadata,
 )
-from batchgen.pipeline import Pipeline, PipelineLimits
-from batchgen.progress import NullHook, ProgressHook, Snapshot
-from batchgen.spec import Spec, load_spec
+from batchgen.runner.pipeline import Pipeline, PipelineLimits
+from batchgen.runner.progress import NullHook, ProgressHook, Snapshot
+from batchgen.spec.load import Spec, load_spec
+from batchgen.spec.matrix import count_tasks, expand, materialize_request
 
 __all__ = [
     "RunHandle",

@@ -25,12 +25,12 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from batchgen.combos import count_combinations, iter_combinations
-from batchgen.placeholders import parse_template
-from batchgen.spec_sources import ImageRef, image_data_uri
+from batchgen.spec.combos import count_combinations, iter_combinations
+from batchgen.spec.placeholders import parse_template
+from batchgen.spec.sources import ImageRef, image_data_uri
 
 if TYPE_CHECKING:
-    from batchgen.spec import Spec
+    from batchgen.spec.load import Spec
 
 __all__ = [
     "PlannedTask",

@@ -19,8 +19,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from batchgen.combos import Axis
 from batchgen.errors import UsageError
+from batchgen.spec.combos import Axis
 
 __all__ = [
     "VARIANT",

@@ -28,7 +28,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 from batchgen.errors import SpecIssue
-from batchgen.yamlsrc import NodePath, YamlDocument
+from batchgen.spec.yamlsrc import NodePath, YamlDocument
 
 __all__ = [
     "DEFAULT_LAYOUT",

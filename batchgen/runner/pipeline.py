@@ -32,8 +32,8 @@ from typing import Any
 
 import anyio
 
-from batchgen.client import CobabaClient
-from batchgen.download import Downloader, SavedImage
+from batchgen.api.client import CobabaClient
+from batchgen.api.responses import ImagesResult, ResultImage, Submission, TaskInfo
 from batchgen.errors import (
     Accepted,
     AuthenticationError,
@@ -46,15 +46,21 @@ from batchgen.errors import (
     ResultExpiredError,
     TaskNotFoundError,
 )
-from batchgen.ledger import Ledger, TaskRow, TaskState, Transition
-from batchgen.output import resolve_inside
-from batchgen.progress import NullHook, ProgressHook, Snapshot
-from batchgen.responses import ImagesResult, ResultImage, Submission, TaskInfo
-from batchgen.throttle import AdaptiveLimit, BackoffPolicy, ParkedError, Throttle, full_jitter
+from batchgen.ledger.store import Ledger, TaskRow, TaskState, Transition
+from batchgen.output.fetch import Downloader, SavedImage
+from batchgen.output.tree import resolve_inside
+from batchgen.runner.progress import NullHook, ProgressHook, Snapshot
+from batchgen.runner.throttle import (
+    AdaptiveLimit,
+    BackoffPolicy,
+    ParkedError,
+    Throttle,
+    full_jitter,
+)
 
 __all__ = ["Pipeline", "PipelineLimits"]
 
-log = logging.getLogger("batchgen.pipeline")
+log = logging.getLogger("batchgen.runner.pipeline")
 
 _DOWNLOAD_CODES = frozenset({"download_failed", "truncated", "not_an_image", "disk_full"})
 

@@ -25,8 +25,8 @@ from typing import Final
 import anyio.lowlevel
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
-from batchgen.gallery_model import Choice, Grid, SheetLink, TaskView
-from batchgen.output import slug
+from batchgen.gallery.model import Choice, Grid, SheetLink, TaskView
+from batchgen.output.tree import slug
 
 __all__ = ["CELL", "DIGEST_KEY", "MAX_COLS", "MAX_ROWS", "SHEETS_DIR", "write_contact_sheets"]
 

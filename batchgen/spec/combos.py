@@ -28,7 +28,7 @@ import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from batchgen.spec_sources import ImageRef, Where
+from batchgen.spec.sources import ImageRef, Where
 
 __all__ = [
     "Axis",

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from batchgen.errors import ConfigError, SpecError, SpecIssue
-from batchgen.placeholders import NAME_PATTERN
+from batchgen.spec.placeholders import NAME_PATTERN
 
 __all__ = [
     "MAX_ROW_FILE_BYTES",

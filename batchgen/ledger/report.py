@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from batchgen.errors import UsageError
-from batchgen.ledger import Ledger, TaskState
-from batchgen.pipeline import is_download_code
-from batchgen.runner import ledger_path
-from batchgen.spec import Spec
+from batchgen.ledger.store import Ledger, TaskState
+from batchgen.runner.job import ledger_path
+from batchgen.runner.pipeline import is_download_code
+from batchgen.spec.load import Spec
 
 __all__ = ["export_rows", "job_status", "retry_tasks"]
 

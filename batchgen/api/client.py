@@ -26,6 +26,23 @@ from urllib.parse import urlsplit
 
 import httpx2 as httpx
 
+from batchgen.api.responses import (
+    ChatChunk,
+    ChatCompletion,
+    Credits,
+    ImagesResult,
+    ModelStatus,
+    Submission,
+    TaskInfo,
+    parse_chat_chunk,
+    parse_chat_completion,
+    parse_credits,
+    parse_images,
+    parse_model_status,
+    parse_submission,
+    parse_task,
+    unwrap,
+)
 from batchgen.errors import (
     Accepted,
     APIError,
@@ -46,23 +63,6 @@ from batchgen.errors import (
     error_from_mapping,
     redact,
     register_secret,
-)
-from batchgen.responses import (
-    ChatChunk,
-    ChatCompletion,
-    Credits,
-    ImagesResult,
-    ModelStatus,
-    Submission,
-    TaskInfo,
-    parse_chat_chunk,
-    parse_chat_completion,
-    parse_credits,
-    parse_images,
-    parse_model_status,
-    parse_submission,
-    parse_task,
-    unwrap,
 )
 
 __all__ = [

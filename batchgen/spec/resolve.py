@@ -13,11 +13,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from batchgen.combos import Axis, AxisValue, MatrixDef, MatrixEntry
 from batchgen.errors import SpecError, SpecIssue
-from batchgen.placeholders import NAME_PATTERN, Template, TemplateError, parse_template
-from batchgen.spec_model import MatrixModel, RowSourceModel, did_you_mean
-from batchgen.spec_sources import (
+from batchgen.spec.combos import Axis, AxisValue, MatrixDef, MatrixEntry
+from batchgen.spec.model import MatrixModel, RowSourceModel, did_you_mean
+from batchgen.spec.placeholders import NAME_PATTERN, Template, TemplateError, parse_template
+from batchgen.spec.sources import (
     ImageRef,
     ImageResolver,
     RowTable,
@@ -26,7 +26,7 @@ from batchgen.spec_sources import (
     read_rows,
     scalar_text,
 )
-from batchgen.yamlsrc import NodePath, YamlDocument
+from batchgen.spec.yamlsrc import NodePath, YamlDocument
 
 __all__ = [
     "REQUEST_VARS",

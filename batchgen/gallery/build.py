@@ -39,8 +39,8 @@ import anyio.lowlevel
 from PIL import Image, features
 
 from batchgen.errors import ConfigError, UsageError
-from batchgen.gallery_html import PageContext, render_page
-from batchgen.gallery_model import (
+from batchgen.gallery.html import PageContext, render_page
+from batchgen.gallery.model import (
     ImageView,
     Page,
     SheetLink,
@@ -52,12 +52,12 @@ from batchgen.gallery_model import (
     paginate,
     variant_dimension,
 )
-from batchgen.gallery_sheet import write_contact_sheets
-from batchgen.ledger import Ledger, TaskRow, TaskState
-from batchgen.matrix import PlannedTask, expand
-from batchgen.output import resolve_inside, write_atomic
-from batchgen.runner import ledger_path
-from batchgen.spec import Spec, load_spec
+from batchgen.gallery.sheet import write_contact_sheets
+from batchgen.ledger.store import Ledger, TaskRow, TaskState
+from batchgen.output.tree import resolve_inside, write_atomic
+from batchgen.runner.job import ledger_path
+from batchgen.spec.load import Spec, load_spec
+from batchgen.spec.matrix import PlannedTask, expand
 
 __all__ = [
     "DEFAULT_PAGE_SIZE",

@@ -14,9 +14,9 @@ from collections.abc import Container, Iterator
 from dataclasses import dataclass
 
 from batchgen.errors import SpecIssue
-from batchgen.matrix import expand
-from batchgen.spec import Spec
-from batchgen.spec_model import SpecModel
+from batchgen.spec.load import Spec
+from batchgen.spec.matrix import expand
+from batchgen.spec.model import SpecModel
 
 __all__ = [
     "TYPICAL_LATENCY",

@@ -26,21 +26,21 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from batchgen.catalog import DEFAULT_PRICES
-from batchgen.combos import Counts, MatrixDef, count_combinations
+from batchgen.api.catalog import DEFAULT_PRICES
 from batchgen.errors import ConfigError, SpecError, SpecIssue, register_secret
-from batchgen.matrix import TaskDefaults
-from batchgen.placeholders import Template, TemplateError, parse_template
-from batchgen.spec_checks import check_combinations
-from batchgen.spec_model import Limits, SpecModel, structure_issues
-from batchgen.spec_resolve import (
+from batchgen.spec.checks import check_combinations
+from batchgen.spec.combos import Counts, MatrixDef, count_combinations
+from batchgen.spec.matrix import TaskDefaults
+from batchgen.spec.model import Limits, SpecModel, structure_issues
+from batchgen.spec.placeholders import Template, TemplateError, parse_template
+from batchgen.spec.resolve import (
     REQUEST_VARS,
     Context,
     TemplateUse,
     check_params,
     resolve_matrix,
 )
-from batchgen.yamlsrc import MAX_BYTES, NodePath, YamlDocument, load_yaml_file
+from batchgen.spec.yamlsrc import MAX_BYTES, NodePath, YamlDocument, load_yaml_file
 
 __all__ = ["DEFAULT_BASE_URL", "Limits", "Spec", "load_spec"]
 

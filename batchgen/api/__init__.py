@@ -1,0 +1,12 @@
+"""Talking to the service: the client, its typed answers, and what we know of its models.
+
+This stage owns the wire: one :class:`~batchgen.api.client.CobabaClient` per run
+(every route of the API, the key only in its headers), the translation of every HTTP
+answer into a typed value (:mod:`.responses`) or one error of :mod:`batchgen.errors`,
+and the catalog of models, accepted values and table prices (:mod:`.catalog`).
+
+It knows nothing of jobs, ledgers or files: the runner hands it a request body and gets
+back a :class:`~batchgen.api.responses.Submission`, a
+:class:`~batchgen.api.responses.TaskInfo` or an error whose ``accepted`` and
+``retryable`` flags say what may have happened at the service.
+"""
