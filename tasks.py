@@ -3,6 +3,7 @@
 
     python3 tasks.py demo          run jobs/quickstart.yaml against the built-in simulator
     python3 tasks.py test          every CI check: ruff, ruff format, mypy --strict, pytest
+                                   (the browser tests too, when Chromium can be had)
     python3 tasks.py reliability   the crash/resume loop and fault matrix (minutes)
     python3 tasks.py browser       the gallery tests in headless Chromium
     python3 tasks.py bench         every benchmark scenario, printed as a table
@@ -68,6 +69,60 @@ def task_demo(extra: list[str]) -> int:
     return run(tool("batchgen"), "run", "jobs/quickstart.yaml", "--sim", *extra)
 
 
+def find_chromium() -> str | None:
+    """The Chromium the browser tests drive: $BATCHGEN_CHROMIUM, else one on PATH."""
+    named = os.environ.get("BATCHGEN_CHROMIUM")
+    if named:
+        return named if Path(named).exists() else None
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def apt_install(*packages: str) -> bool:
+    """Install Debian packages when this is root with apt (CI); False when it cannot."""
+    apt = "/usr/bin/apt-get"
+    if not Path(apt).exists() or not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return False
+    print(f"installing {', '.join(packages)} with apt ...", flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+
+    def apt_get(*args: str) -> bool:
+        done = subprocess.run([apt, *args], stdout=subprocess.DEVNULL, env=env, check=False)
+        return done.returncode == 0
+
+    install = ("install", "-y", "-q", "--no-install-recommends", *packages)
+    if apt_get(*install):
+        return True
+    apt_get("update", "-q")  # a fresh machine has no package lists yet
+    return apt_get(*install)
+
+
+def ensure_browser() -> str | None:
+    """Make the gallery's browser tests runnable; return why not when they cannot be."""
+    chromium = find_chromium()
+    if chromium is None and apt_install("chromium"):
+        chromium = find_chromium()
+    if chromium is None:
+        return (
+            "no Chromium found; install one (Debian: `apt-get install chromium`) or point"
+            " BATCHGEN_CHROMIUM at one to run them"
+        )
+    probe = [str(PY), "-c", "import playwright.sync_api"]
+    if subprocess.run(probe, capture_output=True, check=False).returncode != 0:
+        # Playwright drives that Chromium; it never downloads a browser of its own here.
+        print("installing playwright (the browser extra) into .venv ...", flush=True)
+        pip = [str(PY), "-m", "pip", "install", "--quiet", "-c", "constraints.txt", "-e"]
+        env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+        subprocess.run([*pip, ".[browser]"], check=False, cwd=ROOT, env=env)
+        if subprocess.run(probe, capture_output=True, check=False).returncode != 0:
+            return "playwright could not be installed (`pip install -e '.[browser]'`)"
+    os.environ["BATCHGEN_CHROMIUM"] = chromium
+    return None
+
+
 def task_test(extra: list[str]) -> int:
     for step in (
         (tool("ruff"), "check", "."),
@@ -76,6 +131,11 @@ def task_test(extra: list[str]) -> int:
     ):
         if code := run(*step):
             return code
+    why_not = ensure_browser()
+    if why_not is None:
+        # The default markers leave the browser tests out; here they run with the rest.
+        return run(tool("pytest"), "-q", "-m", "not slow and not reliability", *extra)
+    print(f"browser tests skipped: {why_not}", flush=True)
     return run(tool("pytest"), "-q", *extra)
 
 
@@ -84,12 +144,10 @@ def task_reliability(extra: list[str]) -> int:
 
 
 def task_browser(extra: list[str]) -> int:
-    if not shutil.which("chromium") and Path("/usr/bin/apt-get").exists():
-        print("installing Debian's chromium (needs root) ...", flush=True)
-        subprocess.run(["/usr/bin/apt-get", "install", "-y", "-q", "chromium"], check=False)
-    # Playwright drives that Chromium; it never downloads a browser of its own here.
-    pip = [str(PY), "-m", "pip", "install", "--quiet", "-c", "constraints.txt", "-e", ".[browser]"]
-    subprocess.run(pip, check=False, cwd=ROOT, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    why_not = ensure_browser()
+    if why_not is not None:
+        print(f"browser tests cannot run: {why_not}", file=sys.stderr)
+        return 1
     return run(tool("pytest"), "-q", "-m", "browser", *extra)
 
 

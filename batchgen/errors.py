@@ -61,6 +61,7 @@ __all__ = [
     "ModelUnavailableError",
     "NotAnImageError",
     "PermissionDeniedError",
+    "REFETCHABLE_CODES",
     "RateLimitError",
     "RequestTimeoutError",
     "ResponseFormatError",
@@ -390,6 +391,13 @@ class NotAnImageError(DownloadError):
     """The downloaded bytes are not an image Pillow can decode."""
 
     default_code = "not_an_image"
+
+
+#: Codes of failed tasks whose images still exist at the service (a download failed
+#: or the disk was full): ``retry`` fetches them again instead of paying again.
+REFETCHABLE_CODES: frozenset[str] = frozenset(
+    {"download_failed", "truncated", "not_an_image", "disk_full"}
+)
 
 
 def leaf_error(exc: BaseException) -> BaseException:

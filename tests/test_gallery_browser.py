@@ -1,12 +1,16 @@
 """The gallery in a real browser: Debian's headless Chromium, driven by Playwright.
 
-Run with ``pytest -m browser tests/test_gallery_browser.py``. Needs ``/usr/bin/chromium``
-(``apt-get install chromium``) and the ``playwright`` package; Playwright's own browser
-download is never used. The screenshot is kept at ``tests/artifacts/gallery.png``.
+``python3 tasks.py test`` runs them whenever a Chromium can be found or installed (as
+root with apt, ``apt-get install chromium``); alone: ``pytest -m browser
+tests/test_gallery_browser.py``. The browser is ``$BATCHGEN_CHROMIUM`` or the first
+``chromium`` on PATH; Playwright drives it, and its own browser download is never
+used. The screenshot is kept at ``tests/artifacts/gallery.png``.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +24,18 @@ from tests.test_gallery import MODELS, RATIOS, run_job, write_spec
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = Path("/usr/bin/chromium")
+
+def _chromium() -> Path | None:
+    named = os.environ.get("BATCHGEN_CHROMIUM")
+    if named:
+        return Path(named)
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        if found := shutil.which(name):
+            return Path(found)
+    return None
+
+
+CHROMIUM = _chromium()
 ARTIFACTS = Path(__file__).parent / "artifacts"
 SCREENSHOT = ARTIFACTS / "gallery.png"
 # Without the background-networking flags Chromium keeps trying to reach Google's
@@ -51,8 +66,11 @@ def gallery(tmp_path_factory: pytest.TempPathFactory) -> tuple[Spec, Path]:
 def browser(gallery: tuple[Spec, Path]) -> Iterator[Any]:
     """Headless Chromium from Debian (the gallery is built first: Playwright's sync API
     owns the event loop while it runs)."""
-    if not CHROMIUM.exists():
-        pytest.skip(f"no Chromium at {CHROMIUM}: `apt-get install chromium` to run browser tests")
+    if CHROMIUM is None or not CHROMIUM.exists():
+        pytest.skip(
+            "no Chromium: `apt-get install chromium` (or set BATCHGEN_CHROMIUM) to run the"
+            " browser tests"
+        )
     sync_api = pytest.importorskip(
         "playwright.sync_api", reason="playwright is not installed: `pip install playwright`"
     )

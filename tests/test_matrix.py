@@ -26,16 +26,9 @@ from batchgen.spec.combos import (
     iter_combinations,
 )
 from batchgen.spec.load import Spec, load_spec
-from batchgen.spec.matrix import (
-    PlannedTask,
-    build_request,
-    count_tasks,
-    expand,
-    materialize_request,
-    render_layout,
-    task_key,
-)
+from batchgen.spec.matrix import PlannedTask, count_tasks, expand, render_layout
 from batchgen.spec.placeholders import TemplateError, parse_template
+from batchgen.spec.request import build_request, materialize_request, task_key
 from batchgen.spec.sources import Where
 
 HERE = Where("test", 1, 1)

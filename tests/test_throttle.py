@@ -17,16 +17,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batchgen.runner.throttle import (
+from batchgen.runner.discovery import RateEstimator
+from batchgen.runner.pacing import (
     MIN_RATE,
     AdaptiveLimit,
     BackoffPolicy,
     ParkedError,
-    RateEstimator,
-    Throttle,
     TokenBucket,
     full_jitter,
 )
+from batchgen.runner.throttle import Throttle
 
 
 class FakeClock:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from batchgen.errors import UsageError
+from batchgen.errors import REFETCHABLE_CODES, UsageError
 from batchgen.ledger.store import Ledger, TaskState
 from batchgen.runner.job import ledger_path
-from batchgen.runner.pipeline import is_download_code
 from batchgen.spec.load import Spec
 
 __all__ = ["export_rows", "job_status", "retry_tasks"]
@@ -56,8 +55,7 @@ async def retry_tasks(
     params = [code] if code else []
     async with Ledger.open(ledger_path(spec), create=False) as ledger:
         if failed:
-            codes = sorted({"download_failed", "truncated", "not_an_image", "disk_full"})
-            assert all(is_download_code(c) for c in codes)
+            codes = sorted(REFETCHABLE_CODES)
             marks = ", ".join("?" for _ in codes)
             redownload = await ledger.bulk_set_state(
                 from_states=[TaskState.FAILED],

@@ -37,7 +37,8 @@ from batchgen.output.tree import (
 from batchgen.runner.pipeline import Pipeline, PipelineLimits
 from batchgen.runner.progress import NullHook, ProgressHook, Snapshot
 from batchgen.spec.load import Spec, load_spec
-from batchgen.spec.matrix import count_tasks, expand, materialize_request
+from batchgen.spec.matrix import count_tasks, expand
+from batchgen.spec.request import materialize_request
 
 __all__ = [
     "RunHandle",

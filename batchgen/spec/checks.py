@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from batchgen.api.catalog import family_of
 from batchgen.spec.combos import Counts, MatrixDef, MatrixEntry
 from batchgen.spec.combos import walk_classes as _walk
-from batchgen.spec.matrix import TaskDefaults, pixel_size
 from batchgen.spec.placeholders import Template, TemplateError, parse_template
+from batchgen.spec.request import TaskDefaults, pixel_size
 from batchgen.spec.resolve import REQUEST_VARS, Context, TemplateUse, did_you_mean
 from batchgen.spec.sources import Where
 

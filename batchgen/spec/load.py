@@ -30,9 +30,9 @@ from batchgen.api.catalog import DEFAULT_PRICES
 from batchgen.errors import ConfigError, SpecError, SpecIssue, register_secret
 from batchgen.spec.checks import check_combinations
 from batchgen.spec.combos import Counts, MatrixDef, count_combinations
-from batchgen.spec.matrix import TaskDefaults
 from batchgen.spec.model import Limits, SpecModel, structure_issues
 from batchgen.spec.placeholders import Template, TemplateError, parse_template
+from batchgen.spec.request import TaskDefaults
 from batchgen.spec.resolve import (
     REQUEST_VARS,
     Context,

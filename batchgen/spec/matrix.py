@@ -18,54 +18,15 @@ every task that stays, and a run resumes exactly where it stopped.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from batchgen.spec.combos import count_combinations, iter_combinations
+from batchgen.spec.load import Spec
 from batchgen.spec.placeholders import parse_template
-from batchgen.spec.sources import ImageRef, image_data_uri
+from batchgen.spec.request import TaskDefaults, build_request, task_key
 
-if TYPE_CHECKING:
-    from batchgen.spec.load import Spec
-
-__all__ = [
-    "PlannedTask",
-    "TaskDefaults",
-    "build_request",
-    "count_tasks",
-    "expand",
-    "materialize_request",
-    "pixel_size",
-    "render_layout",
-    "task_key",
-]
-
-# One encoder for every key: json.dumps would build a new one per call.
-_CANONICAL = json.JSONEncoder(
-    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-)
-_PIXELS = re.compile(r"[1-9][0-9]*x[1-9][0-9]*")
-_RATIO_PIXELS = {"1:1": "1024x1024", "3:2": "1536x1024", "2:3": "1024x1536", "auto": "auto"}
-_PLACEHOLDER = re.compile(r"file:(/.*|[A-Za-z]:[\\/].*)#sha256=([0-9a-f]{64})")
-#: Request fields that may carry reference-image placeholders.
-IMAGE_FIELDS = ("images", "urls")
-
-
-@dataclass(frozen=True, slots=True)
-class TaskDefaults:
-    """Top-level values that matrix axes and include entries override."""
-
-    model: str | None
-    aspect_ratio: str
-    image_size: str
-    prompt: str | None
-    images: tuple[ImageRef, ...] = ()
-    params: Mapping[str, object] | None = None
-    model_params: Mapping[str, Mapping[str, object]] | None = None
+__all__ = ["PlannedTask", "count_tasks", "expand", "render_layout"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,59 +50,6 @@ class PlannedTask:
     vars: dict[str, str]
     request: dict[str, object]
     price: float
-
-
-def pixel_size(aspect_ratio: str) -> str | None:
-    """The ``WxH`` size of gpt-image routes for ``aspect_ratio`` (``auto`` stays), or None."""
-    if _PIXELS.fullmatch(aspect_ratio):
-        return aspect_ratio
-    return _RATIO_PIXELS.get(aspect_ratio)
-
-
-def build_request(
-    endpoint: str,
-    *,
-    model: str,
-    prompt: str,
-    images: list[str],
-    aspect_ratio: str,
-    image_size: str,
-    params: Mapping[str, object],
-) -> dict[str, object]:
-    """The request body of ``endpoint`` (see protocol.md); ``images`` omitted when empty.
-
-    Raises ValueError when ``endpoint`` needs a pixel size that ``aspect_ratio`` has none of.
-    """
-    body: dict[str, object] = {"model": model, "prompt": prompt}
-    if endpoint == "images":
-        body.update(n=1, size=_pixels(aspect_ratio), response_format="url")
-        body.update(params)
-        return body
-    if images:
-        body["images"] = images
-    if endpoint == "generate":
-        body.update(aspectRatio=aspect_ratio, imageSize=image_size, replyType="async")
-    elif endpoint == "nano-banana":
-        body.update(aspectRatio=aspect_ratio, imageSize=image_size, webHook="-1")
-        body["shutProgress"] = True
-    elif endpoint == "draw-completions":
-        body.update(aspectRatio=_pixels(aspect_ratio), webHook="-1")
-    else:
-        raise ValueError(f"unknown endpoint {endpoint!r}")
-    body.update(params)
-    return body
-
-
-def _pixels(aspect_ratio: str) -> str:
-    size = pixel_size(aspect_ratio)
-    if size is None:
-        raise ValueError(f"no pixel size for aspect ratio {aspect_ratio!r}")
-    return size
-
-
-def task_key(canonical: Mapping[str, object]) -> str:
-    """32 hex digits of the SHA-256 of the canonical JSON of ``canonical`` (see module doc)."""
-    return hashlib.sha256(_CANONICAL.encode(canonical).encode("utf-8")).hexdigest()[:32]
 
 
 def count_tasks(spec: Spec) -> int:
@@ -249,30 +157,3 @@ def render_layout(spec_layout: str, task: PlannedTask) -> list[str]:
         prompt=task.prompt,
     )
     return [parse_template(part).render(values) for part in spec_layout.split("/")]
-
-
-def materialize_request(request: Mapping[str, object]) -> dict[str, object]:
-    """A copy of ``request`` with ``file:<path>#sha256=<hex>`` image placeholders replaced
-    by ``data:image/...;base64,...`` URIs, ready to send.
-
-    Only the ``images`` (and ``urls``) lists are touched; each file is read once per
-    call. Raises :class:`~batchgen.errors.ConfigError` if a file is missing or its
-    bytes no longer match the digest the task's key was computed from.
-    """
-    body = dict(request)
-    cache: dict[str, str] = {}
-    for name in IMAGE_FIELDS:
-        items = body.get(name)
-        if not isinstance(items, list):
-            continue
-        out: list[object] = []
-        for item in items:
-            match = _PLACEHOLDER.fullmatch(item) if isinstance(item, str) else None
-            if match is None:
-                out.append(item)
-                continue
-            if item not in cache:
-                cache[item] = image_data_uri(match.group(1), match.group(2))
-            out.append(cache[item])
-        body[name] = out
-    return body
