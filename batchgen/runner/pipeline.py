@@ -46,7 +46,8 @@ from batchgen.errors import (
     ResultExpiredError,
     TaskNotFoundError,
 )
-from batchgen.ledger.store import Ledger, TaskRow, TaskState, Transition
+from batchgen.ledger.schema import TaskRow, TaskState, Transition
+from batchgen.ledger.store import Ledger
 from batchgen.output.fetch import Downloader, SavedImage
 from batchgen.output.tree import resolve_inside
 from batchgen.runner.progress import NullHook, ProgressHook, Snapshot
