@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 __all__ = [
+    "REFETCHABLE_CODES",
     "APIError",
     "Accepted",
     "AuthenticationError",
@@ -61,7 +62,6 @@ __all__ = [
     "ModelUnavailableError",
     "NotAnImageError",
     "PermissionDeniedError",
-    "REFETCHABLE_CODES",
     "RateLimitError",
     "RequestTimeoutError",
     "ResponseFormatError",

@@ -152,7 +152,8 @@ def _plan(options: dict[str, Any]) -> dict[str, Any]:
 def _ledger(options: dict[str, Any]) -> dict[str, Any]:
     import anyio
 
-    from batchgen.ledger.store import Ledger, NewTask, TaskState, Transition
+    from batchgen.ledger.schema import NewTask, TaskState, Transition
+    from batchgen.ledger.store import Ledger
 
     tasks = int(options["tasks"])
     writers = int(options.get("writers", 64))

@@ -20,7 +20,8 @@ import anyio
 import anyio.from_thread
 
 from batchgen.api.client import BearerAuth
-from batchgen.ledger.store import Ledger, TaskRow
+from batchgen.ledger.schema import TaskRow
+from batchgen.ledger.store import Ledger
 from batchgen.runner.job import RunHandle, RunOptions, RunSummary, arun, ledger_path
 from batchgen.runner.progress import Snapshot
 from batchgen.sim import SimConfig, SimServer, running_simulator

@@ -25,7 +25,7 @@ import pytest
 
 from batchgen import __version__
 from batchgen.cli import build_parser, main
-from batchgen.ledger.store import TaskState
+from batchgen.ledger.schema import TaskState
 from batchgen.sim import SimServer
 from batchgen.sim.wire import Request
 from tests.runner_helpers import (

@@ -13,7 +13,8 @@ import anyio
 import pytest
 
 from batchgen.errors import LedgerError, register_secret
-from batchgen.ledger.store import LEDGER_NAME, Ledger, NewTask, TaskState, Transition
+from batchgen.ledger.schema import LEDGER_NAME, NewTask, TaskState, Transition
+from batchgen.ledger.store import Ledger
 
 pytestmark = pytest.mark.anyio
 

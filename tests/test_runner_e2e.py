@@ -25,7 +25,7 @@ from PIL import Image
 from batchgen.api.client import BearerAuth
 from batchgen.errors import AuthenticationError, BusinessError, SpecError
 from batchgen.ledger.report import job_status, retry_tasks
-from batchgen.ledger.store import TaskState, Transition
+from batchgen.ledger.schema import TaskState, Transition
 from batchgen.runner.job import RunHandle, ledger_path
 from batchgen.spec.load import load_spec
 from tests.conftest import SimFactory

@@ -13,7 +13,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from batchgen.ledger.store import TaskState
+from batchgen.ledger.schema import TaskState
 from batchgen.runner.job import RunHandle
 from tests.conftest import SimFactory
 from tests.runner_helpers import (

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from batchgen.errors import REFETCHABLE_CODES, UsageError
-from batchgen.ledger.store import Ledger, TaskState
+from batchgen.ledger.schema import TaskState
+from batchgen.ledger.store import Ledger
 from batchgen.runner.job import ledger_path
 from batchgen.spec.load import Spec
 

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from batchgen.errors import ConfigError, DownloadError
-from batchgen.ledger.store import TaskState, Transition
+from batchgen.ledger.schema import TaskState, Transition
 from batchgen.output.fetch import SavedImage
 from batchgen.output.tree import resolve_inside
 from batchgen.runner.policy import download_failed

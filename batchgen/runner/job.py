@@ -25,7 +25,8 @@ import anyio
 
 from batchgen.api.client import BearerAuth, CobabaClient, PlaygroundAuth, Timeouts
 from batchgen.errors import ConfigError, LedgerError, leaf_error
-from batchgen.ledger.store import LEDGER_NAME, Ledger, NewTask, TaskState, Transition
+from batchgen.ledger.schema import LEDGER_NAME, NewTask, TaskState, Transition
+from batchgen.ledger.store import Ledger
 from batchgen.output.fetch import PART_SUFFIX, Downloader, is_local_host
 from batchgen.output.tree import (
     METADATA_NAME,

@@ -28,7 +28,8 @@ from typing import Any
 import anyio
 
 from batchgen.api.client import CobabaClient
-from batchgen.ledger.store import Ledger, TaskState
+from batchgen.ledger.schema import TaskState
+from batchgen.ledger.store import Ledger
 from batchgen.output.fetch import Downloader
 from batchgen.runner.download import download_worker
 from batchgen.runner.poll import poll_worker

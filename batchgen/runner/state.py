@@ -26,7 +26,8 @@ import anyio
 
 from batchgen.api.client import CobabaClient
 from batchgen.api.responses import ResultImage
-from batchgen.ledger.store import Ledger, TaskRow
+from batchgen.ledger.schema import TaskRow
+from batchgen.ledger.store import Ledger
 from batchgen.output.fetch import Downloader
 from batchgen.runner.pacing import AdaptiveLimit
 from batchgen.runner.progress import NullHook, ProgressHook, Snapshot

@@ -16,7 +16,7 @@ import anyio
 
 from batchgen.api.responses import ImagesResult, Submission
 from batchgen.errors import BatchgenError
-from batchgen.ledger.store import TaskState, Transition
+from batchgen.ledger.schema import TaskState, Transition
 from batchgen.runner.policy import submission_failed
 from batchgen.runner.poll import first_poll_delay
 from batchgen.runner.state import InFlight, RunState

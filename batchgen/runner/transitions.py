@@ -12,7 +12,7 @@ import time
 
 from batchgen.api.responses import ResultImage
 from batchgen.errors import BatchgenError
-from batchgen.ledger.store import TaskState, Transition
+from batchgen.ledger.schema import TaskState, Transition
 from batchgen.runner.pacing import BackoffPolicy, full_jitter
 from batchgen.runner.state import InFlight, RunState
 

@@ -17,7 +17,8 @@ import anyio
 import pytest
 
 from batchgen.api.client import BearerAuth
-from batchgen.ledger.store import Ledger, Transition
+from batchgen.ledger.schema import Transition
+from batchgen.ledger.store import Ledger
 from batchgen.runner.job import RunHandle, RunOptions, arun
 from batchgen.runner.progress import NullHook, Snapshot
 from batchgen.sim import SimConfig, running_simulator
