@@ -14,7 +14,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from batchgen.api.client import BearerAuth, CobabaClient, PlaygroundAuth, Timeouts
+    from batchgen.api.auth import BearerAuth, PlaygroundAuth, Timeouts
+    from batchgen.api.client import CobabaClient
     from batchgen.errors import BatchgenError
     from batchgen.runner.job import RunHandle, RunOptions, RunSummary, arun, run
     from batchgen.spec.load import Spec, load_spec
@@ -39,10 +40,10 @@ __all__ = [
 
 _HOMES = {
     "BatchgenError": "batchgen.errors",
-    "BearerAuth": "batchgen.api.client",
+    "BearerAuth": "batchgen.api.auth",
     "CobabaClient": "batchgen.api.client",
-    "PlaygroundAuth": "batchgen.api.client",
-    "Timeouts": "batchgen.api.client",
+    "PlaygroundAuth": "batchgen.api.auth",
+    "Timeouts": "batchgen.api.auth",
     "RunHandle": "batchgen.runner.job",
     "RunOptions": "batchgen.runner.job",
     "RunSummary": "batchgen.runner.job",

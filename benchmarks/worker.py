@@ -66,7 +66,7 @@ def _rss_now_mb() -> float:
 def _run(options: dict[str, Any]) -> dict[str, Any]:
     import anyio
 
-    from batchgen.api.client import BearerAuth
+    from batchgen.api.auth import BearerAuth
     from batchgen.runner.job import RunOptions, arun, ledger_path
     from batchgen.runner.progress import NullHook, Snapshot
     from batchgen.spec.load import load_spec

@@ -19,7 +19,7 @@ from typing import Any
 import anyio
 import anyio.from_thread
 
-from batchgen.api.client import BearerAuth
+from batchgen.api.auth import BearerAuth
 from batchgen.ledger.schema import TaskRow
 from batchgen.ledger.store import Ledger
 from batchgen.runner.job import RunHandle, RunOptions, RunSummary, arun, ledger_path

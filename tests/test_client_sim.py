@@ -17,8 +17,9 @@ import httpx2 as httpx
 import pytest
 from PIL import Image
 
+from batchgen.api.auth import BearerAuth, PlaygroundAuth, Timeouts
 from batchgen.api.catalog import DEFAULT_PRICES
-from batchgen.api.client import BearerAuth, CobabaClient, PlaygroundAuth, Timeouts
+from batchgen.api.client import CobabaClient
 from batchgen.api.responses import (
     ChatChunk,
     ChatCompletion,

@@ -22,7 +22,8 @@ from pathlib import Path
 import httpx2 as httpx
 import pytest
 
-from batchgen.api.client import BearerAuth, CobabaClient, PlaygroundAuth, Timeouts
+from batchgen.api.auth import BearerAuth, PlaygroundAuth, Timeouts
+from batchgen.api.client import CobabaClient
 from batchgen.errors import (
     Accepted,
     AuthenticationError,

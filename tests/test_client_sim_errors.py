@@ -11,8 +11,9 @@ from collections.abc import Iterator, Mapping
 
 import pytest
 
+from batchgen.api.auth import BearerAuth, Timeouts
 from batchgen.api.catalog import DEFAULT_PRICES
-from batchgen.api.client import BearerAuth, CobabaClient, Timeouts
+from batchgen.api.client import CobabaClient
 from batchgen.api.responses import TaskStatus
 from batchgen.errors import (
     Accepted,

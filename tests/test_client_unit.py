@@ -15,14 +15,10 @@ from typing import Any
 import httpx2 as httpx
 import pytest
 
-from batchgen.api.client import (
-    BearerAuth,
-    CobabaClient,
-    PlaygroundAuth,
-    Timeouts,
-    parse_retry_after,
-)
+from batchgen.api.auth import BearerAuth, PlaygroundAuth, Timeouts
+from batchgen.api.client import CobabaClient
 from batchgen.api.responses import ImagesResult, Submission, TaskStatus
+from batchgen.api.wire import parse_retry_after
 from batchgen.errors import (
     Accepted,
     APIError,

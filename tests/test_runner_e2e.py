@@ -22,7 +22,7 @@ import anyio
 import pytest
 from PIL import Image
 
-from batchgen.api.client import BearerAuth
+from batchgen.api.auth import BearerAuth
 from batchgen.errors import AuthenticationError, BusinessError, SpecError
 from batchgen.ledger.report import job_status, retry_tasks
 from batchgen.ledger.schema import TaskState, Transition

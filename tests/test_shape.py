@@ -106,7 +106,8 @@ def test_every_subpackage_says_what_it_owns() -> None:
     """Each subpackage's ``__init__`` has a docstring (what the stage owns, hands on)."""
     for init in sorted(PACKAGE.glob("*/__init__.py")):
         doc = ast.get_docstring(ast.parse(init.read_text(encoding="utf-8")))
-        assert doc and len(doc.split()) >= 20, f"{init.parent.name}/__init__.py has no docstring"
+        assert doc, f"{init.parent.name}/__init__.py has no docstring"
+        assert len(doc.split()) >= 20, f"{init.parent.name}/__init__.py: say what it owns"
 
 
 @pytest.mark.parametrize(

@@ -3,29 +3,35 @@
 One :class:`CobabaClient` owns one ``httpx2.AsyncClient`` (httpx2: the maintained
 fork of httpx, same API) with explicit timeouts and a
 connection pool sized for the caller's concurrency. Every answer becomes a typed value
-(:mod:`batchgen.responses`) and every failure one error of :mod:`batchgen.errors`,
-translated in one place (:meth:`CobabaClient._send`). The API key lives only in the
-client's default headers; it never appears in a message, a repr or a log line.
+(:mod:`batchgen.api.responses`) and every failure one error of :mod:`batchgen.errors`,
+translated in one place (:mod:`batchgen.api.wire`, called from
+:meth:`CobabaClient._send` and :meth:`CobabaClient._stream`). The API key lives only in
+the client's default headers; it never appears in a message, a repr or a log line.
+Credentials, timeouts and the base URL are in :mod:`batchgen.api.auth`.
 
-Result images are not fetched here: :mod:`batchgen.download` uses a separate client
+This module owns the routes: :data:`ENDPOINTS` (spec endpoint name to route), the
+playground's twins, and one method per route.
+
+Result images are not fetched here: :mod:`batchgen.output.fetch` uses a separate client
 that sends no credentials.
 """
 
 from __future__ import annotations
 
-import email.utils
-import json
-import logging
-import os
-import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from typing import Any, Final
-from urllib.parse import urlsplit
 
 import httpx2 as httpx
 
+from batchgen.api.auth import (
+    DEFAULT_BASE_URL,
+    BearerAuth,
+    PlaygroundAuth,
+    Timeouts,
+    check_base_url,
+    origin_of,
+)
 from batchgen.api.responses import (
     ChatChunk,
     ChatCompletion,
@@ -43,41 +49,21 @@ from batchgen.api.responses import (
     parse_task,
     unwrap,
 )
+from batchgen.api.wire import (
+    decode_response,
+    error_for_status,
+    guard_loggers,
+    sse_payloads,
+    translate_transport_error,
+)
 from batchgen.errors import (
-    Accepted,
-    APIError,
-    AuthenticationError,
-    BadRequestError,
-    BatchgenError,
     ConfigError,
-    ConnectError,
     ConnectionLostError,
-    ModelUnavailableError,
-    PermissionDeniedError,
-    RateLimitError,
-    RequestTimeoutError,
     ResponseFormatError,
-    TaskNotFoundError,
-    TransportError,
-    UpstreamError,
-    error_from_mapping,
-    redact,
     register_secret,
 )
 
-__all__ = [
-    "DEFAULT_BASE_URL",
-    "ENDPOINTS",
-    "BearerAuth",
-    "CobabaClient",
-    "PlaygroundAuth",
-    "Timeouts",
-    "parse_retry_after",
-]
-
-DEFAULT_BASE_URL: Final = "https://cobabaai.com/v1"
-API_KEY_ENV: Final = "COBABA_API_KEY"
-BASE_URL_ENV: Final = "COBABA_BASE_URL"
+__all__ = ["ENDPOINTS", "CobabaClient"]
 
 #: Submission routes by spec endpoint name, relative to the base URL (``.../v1``).
 ENDPOINTS: Final[Mapping[str, str]] = {
@@ -92,110 +78,6 @@ _PLAYGROUND: Final[Mapping[str, str]] = {
     "/draw/nano-banana": "/api/user/playground/draw/nano-banana",
     "/draw/result": "/api/user/playground/draw/result",
 }
-
-
-@dataclass(frozen=True, slots=True)
-class BearerAuth:
-    """The API key, sent as ``Authorization: Bearer <key>``."""
-
-    api_key: str = field(repr=False)
-
-    @classmethod
-    def from_env(cls) -> BearerAuth:
-        """Read ``COBABA_API_KEY``. Raises ConfigError when it is unset or blank."""
-        key = os.environ.get(API_KEY_ENV, "").strip()
-        if not key:
-            raise ConfigError(
-                f"{API_KEY_ENV} is not set: export your CobabaAi key (or use --sim)",
-                code="missing_api_key",
-            )
-        return cls(key)
-
-
-@dataclass(frozen=True, slots=True)
-class PlaygroundAuth:
-    """A logged-in site session: the session cookie plus ``New-Api-User: <user id>``."""
-
-    session: str = field(repr=False)
-    user_id: str
-    cookie_name: str = "session"
-
-
-@dataclass(frozen=True, slots=True)
-class Timeouts:
-    """Seconds allowed per phase. ``submit`` and ``poll`` bound the wait for an answer."""
-
-    connect: float = 10.0
-    submit: float = 60.0
-    poll: float = 30.0
-    sync: float = 600.0  # replyType json, images/generations: the whole task runs inline
-    pool: float = 60.0
-
-    def for_read(self, read: float) -> httpx.Timeout:
-        """An httpx timeout with this read (and write) limit."""
-        return httpx.Timeout(connect=self.connect, read=read, write=read, pool=self.pool)
-
-
-def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP date.
-
-    Returns ``None`` when the header is absent or unreadable; never a negative delay.
-    """
-    if value is None:
-        return None
-    text = value.strip()
-    if not text:
-        return None
-    try:
-        return max(0.0, float(text))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        return None
-    current = time.time() if now is None else now
-    return max(0.0, when.timestamp() - current)
-
-
-class _RedactingFilter(logging.Filter):
-    """Masks secrets in log records: httpx logs every URL, and getCredits carries the key."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        masked = redact(message)
-        if masked != message:
-            record.msg, record.args = masked, ()
-        return True
-
-
-_LOG_FILTER = _RedactingFilter()
-
-
-def _guard_loggers() -> None:
-    for name in ("httpx2", "httpcore2"):
-        logger = logging.getLogger(name)
-        if _LOG_FILTER not in logger.filters:
-            logger.addFilter(_LOG_FILTER)
-
-
-def _origin_of(base_url: str) -> str:
-    parts = urlsplit(base_url)
-    path = parts.path.rstrip("/")
-    if path.endswith("/v1"):
-        path = path[: -len("/v1")]
-    return f"{parts.scheme}://{parts.netloc}{path}"
-
-
-def check_base_url(base_url: str) -> str:
-    """Normalise ``base_url`` (no trailing slash). Raises ConfigError if it is not http(s)."""
-    url = base_url.strip().rstrip("/")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigError(f"base URL must be an http(s) URL, got {redact(url)[:200]!r}")
-    if parts.username or parts.password:
-        raise ConfigError("base URL must not carry credentials")
-    return url
 
 
 class CobabaClient:
@@ -217,10 +99,10 @@ class CobabaClient:
     ) -> None:
         self.auth = auth if auth is not None else BearerAuth.from_env()
         self.base_url = check_base_url(base_url)
-        self.origin = _origin_of(self.base_url)
+        self.origin = origin_of(self.base_url)
         self.timeouts = timeouts or Timeouts()
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        _guard_loggers()
+        guard_loggers()
         if isinstance(self.auth, BearerAuth):
             register_secret(self.auth.api_key)
             headers["Authorization"] = f"Bearer {self.auth.api_key}"
@@ -271,7 +153,7 @@ class CobabaClient:
             return self.origin + twin
         return self.base_url + route
 
-    # --- the one place where HTTP becomes values or errors ----------------------------
+    # --- the one place where HTTP becomes values or errors (translated by .wire) ------
 
     async def _send(
         self,
@@ -328,7 +210,7 @@ class CobabaClient:
                 body, request_id = decode_response(response, route)
                 unwrap(body, route=route, request_id=request_id)
                 raise ResponseFormatError("expected an event stream", route=route)
-            yield _sse_payloads(response, route), response.headers.get("x-oneapi-request-id")
+            yield sse_payloads(response, route), response.headers.get("x-oneapi-request-id")
         except httpx.HTTPError as exc:
             raise translate_transport_error(exc, route) from None
         finally:
@@ -519,163 +401,3 @@ class CobabaClient:
             read_timeout=self.timeouts.poll,
         )
         return parse_model_status(data, model=model, route=route)
-
-
-# --- translation (module level so the downloader and tests share it) --------------------
-
-
-def translate_transport_error(exc: httpx.HTTPError, route: str) -> BatchgenError:
-    """Turn an httpx failure into our tree, deciding whether the request may have landed.
-
-    A connection never made (or a pool wait) means the request did not leave: not
-    accepted. Anything after the request was written means unknown.
-    """
-    detail = redact(str(exc) or type(exc).__name__)
-    if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
-        return RequestTimeoutError(
-            f"timed out before sending ({type(exc).__name__})", route=route, accepted=Accepted.NO
-        )
-    if isinstance(exc, httpx.TimeoutException):
-        return RequestTimeoutError(
-            f"no answer in time ({type(exc).__name__}); the service may have accepted it",
-            route=route,
-            accepted=Accepted.UNKNOWN,
-        )
-    if isinstance(exc, httpx.ConnectError):
-        return ConnectError(f"cannot connect: {detail}", route=route)
-    if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError | httpx.WriteError):
-        return ConnectionLostError(f"connection lost before the answer: {detail}", route=route)
-    if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
-        return ConfigError(f"{route}: {detail}")
-    return TransportError(f"{type(exc).__name__}: {detail}", route=route)
-
-
-def decode_response(response: httpx.Response, route: str) -> tuple[object, str | None]:
-    """Return ``(json body, request id)`` for a 2xx answer; raise for anything else."""
-    request_id = response.headers.get("x-oneapi-request-id")
-    body: object = None
-    text = response.text
-    if text.strip():
-        try:
-            body = json.loads(text)
-        except ValueError:
-            body = None
-            if response.is_success:
-                raise ResponseFormatError(
-                    f"HTTP {response.status_code} body is not JSON: {text[:120]!r}", route=route
-                ) from None
-    if response.is_success:
-        if body is None:
-            raise ResponseFormatError(
-                f"HTTP {response.status_code} with an empty body", route=route
-            )
-        return body, request_id
-    raise error_for_status(response, body, route, request_id)
-
-
-_BY_CODE: Final[Mapping[str, type[APIError]]] = {
-    "invalid_api_key": AuthenticationError,
-    "token_invalid": AuthenticationError,
-    "access_denied": PermissionDeniedError,
-    "token_model_forbidden": PermissionDeniedError,
-    "task_not_found": TaskNotFoundError,
-    "rate_limit_exceeded": RateLimitError,
-    "model_not_found": ModelUnavailableError,
-    "upstream_error": UpstreamError,
-}
-
-
-def error_for_status(
-    response: httpx.Response | None, body: object, route: str, request_id: str | None
-) -> APIError:
-    """Build the APIError for an error answer (or an error frame when ``response`` is None)."""
-    status = response.status_code if response is not None else None
-    message = ""
-    code = ""
-    if isinstance(body, Mapping):
-        message = error_from_mapping(body)
-        error = body.get("error")
-        if isinstance(error, Mapping) and error.get("code"):
-            code = str(error.get("code"))
-        elif body.get("code") not in (None, 0):
-            code = str(body.get("code"))
-    elif response is not None and response.text.strip():
-        message = response.text.strip()[:200]
-    cls: type[APIError]
-    if status == 401:
-        cls = AuthenticationError
-    elif status == 403:
-        cls = PermissionDeniedError
-    elif status == 404:
-        cls = (
-            TaskNotFoundError
-            if code in ("", "task_not_found") and "result" in route
-            else (_BY_CODE.get(code, BadRequestError))
-        )
-    elif status == 429:
-        retry_after = parse_retry_after(response.headers.get("retry-after")) if response else None
-        return RateLimitError(
-            message or "rate limited",
-            status=status,
-            code=code or None,
-            route=route,
-            request_id=request_id,
-            retry_after=retry_after,
-        )
-    elif status == 503:
-        cls = ModelUnavailableError
-    elif (status is not None and status >= 500) or status in (408, 425):
-        cls = UpstreamError
-    elif status is not None and status >= 400:
-        cls = _BY_CODE.get(code, BadRequestError)
-    else:
-        cls = _BY_CODE.get(code, UpstreamError)
-    if cls is RateLimitError:
-        return RateLimitError(
-            message or "rate limited",
-            status=status,
-            code=code or None,
-            route=route,
-            request_id=request_id,
-        )
-    return cls(
-        message or f"{cls.default_code}",
-        status=status,
-        code=code or None,
-        route=route,
-        request_id=request_id,
-    )
-
-
-async def _sse_payloads(response: httpx.Response, route: str) -> AsyncIterator[object]:
-    """Decode ``data:`` events of a server-sent event stream until ``[DONE]`` or EOF.
-
-    Comment lines (``: PING``) and other fields are skipped; multi-line data joins.
-    """
-    data_lines: list[str] = []
-    async for line in response.aiter_lines():
-        if line == "":
-            if data_lines:
-                payload = "\n".join(data_lines)
-                data_lines.clear()
-                if payload.strip() == "[DONE]":
-                    return
-                try:
-                    yield json.loads(payload)
-                except ValueError:
-                    raise ResponseFormatError(
-                        f"stream frame is not JSON: {payload[:80]!r}", route=route
-                    ) from None
-            continue
-        if line.startswith(":"):
-            continue
-        name, _, value = line.partition(":")
-        if name == "data":
-            data_lines.append(value[1:] if value.startswith(" ") else value)
-    if data_lines:
-        payload = "\n".join(data_lines)
-        if payload.strip() != "[DONE]":
-            try:
-                yield json.loads(payload)
-            except ValueError:
-                raise ResponseFormatError("stream ended mid-frame", route=route) from None

@@ -23,7 +23,8 @@ from urllib.parse import urlsplit
 
 import anyio
 
-from batchgen.api.client import BearerAuth, CobabaClient, PlaygroundAuth, Timeouts
+from batchgen.api.auth import BearerAuth, PlaygroundAuth, Timeouts
+from batchgen.api.client import CobabaClient
 from batchgen.errors import ConfigError, LedgerError, leaf_error
 from batchgen.ledger.schema import LEDGER_NAME, NewTask, TaskState, Transition
 from batchgen.ledger.store import Ledger

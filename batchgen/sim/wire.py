@@ -1,8 +1,9 @@
 """Wire-level pieces of the simulator: one request, early replies, body shapes, drops.
 
-Kept apart from :mod:`batchgen.sim.app` (which owns routing and behaviour) so that the
-app reads as the service's rules and this module as HTTP plumbing and the exact JSON
-shapes of ``protocol.md``.
+Kept apart from :mod:`batchgen.sim.app` and its route groups (:mod:`.service`,
+:mod:`.task_routes`, :mod:`.openai_routes`, :mod:`.admin_routes`: routing and behaviour)
+so that they read as the service's rules and this module as HTTP plumbing and the exact
+JSON shapes of ``protocol.md``.
 """
 
 from __future__ import annotations

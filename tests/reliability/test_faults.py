@@ -16,7 +16,7 @@ from typing import Any
 import anyio
 import pytest
 
-from batchgen.api.client import BearerAuth
+from batchgen.api.auth import BearerAuth
 from batchgen.ledger.schema import Transition
 from batchgen.ledger.store import Ledger
 from batchgen.runner.job import RunHandle, RunOptions, arun

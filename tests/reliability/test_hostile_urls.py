@@ -15,7 +15,7 @@ import httpx2 as httpx
 import pytest
 from PIL import Image
 
-from batchgen.api.client import BearerAuth
+from batchgen.api.auth import BearerAuth
 from batchgen.errors import DownloadError
 from batchgen.output.fetch import Downloader
 from batchgen.runner.job import RunOptions, arun

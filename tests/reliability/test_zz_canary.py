@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from batchgen.api.client import BearerAuth, CobabaClient
+from batchgen.api.auth import BearerAuth
+from batchgen.api.client import CobabaClient
 from batchgen.errors import AuthenticationError
 from batchgen.runner.job import RunOptions
 from tests.reliability.harness import (
