@@ -46,7 +46,6 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 __all__ = [
-    "REFETCHABLE_CODES",
     "APIError",
     "Accepted",
     "AuthenticationError",
