@@ -124,7 +124,25 @@ def test_format_plan_folds_long_value_lists(tmp_path: Path) -> None:
     prompt = next(axis for axis in summary.axes if axis.name == "prompt")
     assert len(prompt.values) == 50
     assert (prompt.more_values, prompt.more_tasks) == (30, 30)
-    assert "… 68+ more values" in format_plan(summary)
+    assert "… 68 more values" in format_plan(summary)
+
+
+def test_format_plan_counts_the_values_not_shown_not_their_tasks(tmp_path: Path) -> None:
+    """Under a variable whose 100 values each recur in 300 tasks, the "more values" line
+    gives the 88 values not shown, then the 26,400 tasks that have them."""
+    axes = "".join(
+        f"  {name}: [{', '.join(f'{name}{i}' for i in range(count))}]\n"
+        for name, count in (("a", 100), ("b", 100), ("c", 3))
+    )
+    spec = load(
+        tmp_path,
+        'version: 1\nmodel: nano-banana-fast\nprompt: "{a} {b} {c}"\n'
+        f"limits: {{max_tasks: 30000}}\nmatrix:\n{axes}",
+    )
+    lines = format_plan(plan_summary(spec)).splitlines()
+    assert "tasks     30,000 in all, 0 done, 30,000 to run" in lines
+    more = [line.split() for line in lines if "more values" in line]
+    assert more == [["…", "88", "more", "values", "26,400"]] * 2  # a and b; c shows all 3
 
 
 def test_plan_json_lines(tmp_path: Path) -> None:

@@ -2,8 +2,9 @@
 
 The CLI's ``validate``, ``plan`` and ``schema`` commands call these functions and
 print what they return; nothing here prints. :func:`plan_summary` walks every task
-once (to know which are already done), holding only counters, so it plans a
-million-task job in constant memory.
+once (to know which are already done), holding only counters and the distinct values
+of each variable (which the spec holds already), so it plans a million-task job in
+memory that does not grow with the number of tasks.
 """
 
 from __future__ import annotations
@@ -51,8 +52,8 @@ class AxisCount:
     """Tasks per value of one variable, in first-seen order.
 
     Only the first 50 distinct values are counted one by one; ``more_values`` and
-    ``more_tasks`` sum up the rest (``more_values`` counts each later task whose value
-    was not among them, so it is an upper bound on the distinct values).
+    ``more_tasks`` sum up the rest: the distinct values past those 50, and the tasks
+    that have one of them.
     """
 
     name: str
@@ -93,7 +94,10 @@ def plan_summary(spec: Spec, *, done_keys: Container[str] = frozenset()) -> Plan
     spec's rate limit (or, with no limit set, at ``concurrency`` tasks of about 30 s).
     """
     counters: dict[str, dict[str, int]] = {}
-    overflow: dict[str, list[int]] = {}
+    # Past a variable's first 50 values: the distinct values seen (to count them, not
+    # the tasks that have them) and the number of tasks that have one.
+    overflow: dict[str, set[str]] = {}
+    overflow_tasks: dict[str, int] = {}
     total = done = 0
     cost_total = cost_to_run = 0.0
     for task in expand(spec):
@@ -110,11 +114,15 @@ def plan_summary(spec: Spec, *, done_keys: Container[str] = frozenset()) -> Plan
             elif len(counter) < _MAX_VALUES:
                 counter[value] = 1
             else:
-                more = overflow.setdefault(name, [0, 0])
-                more[0] += 1
-                more[1] += 1
+                overflow.setdefault(name, set()).add(value)
+                overflow_tasks[name] = overflow_tasks.get(name, 0) + 1
     axes = tuple(
-        AxisCount(name, tuple(counter.items()), *overflow.get(name, [0, 0]))
+        AxisCount(
+            name,
+            tuple(counter.items()),
+            more_values=len(overflow.get(name, ())),
+            more_tasks=overflow_tasks.get(name, 0),
+        )
         for name, counter in counters.items()
     )
     seconds, rate_note = _duration(spec, total - done)
@@ -199,7 +207,7 @@ def format_plan(summary: PlanSummary) -> str:
         more_values = len(hidden) + axis.more_values
         more_tasks = sum(count for _, count in hidden) + axis.more_tasks
         if more_values:
-            more = f"… {more_values:,}{'+' if axis.more_values else ''} more values"
+            more = f"… {more_values:,} more values"
             lines.append(f"  {'':<{width}}  {more:<{value_width}} {more_tasks:>9,}")
     lines.append(
         f"tasks     {summary.total:,} in all, {summary.done:,} done, {summary.to_run:,} to run"

@@ -1,0 +1,137 @@
+"""The commands that run something: ``run`` (a job) and ``sim`` (the simulator).
+
+``run`` wires the runner to a progress hook of :mod:`batchgen.cli.hooks` and to
+Ctrl-C / SIGTERM (the first stops new submissions, the second quits), then prints the
+run's summary with what to do next.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from typing import Any
+
+import anyio
+
+from batchgen.cli.args import load_spec_arg, quote_path
+from batchgen.cli.hooks import pick_hook
+
+__all__ = ["cmd_run", "cmd_sim"]
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run (or resume) the job; print its summary; exit with the run's code."""
+    from batchgen.runner.job import RunOptions
+
+    spec = load_spec_arg(args)
+    options = RunOptions(
+        base_url=args.base_url,
+        concurrency=args.concurrency,
+        rpm=args.rpm,
+        max_tasks=args.max_tasks,
+        resubmit_unknown=args.resubmit_unknown,
+        argv=["batchgen", *sys.argv[1:]],
+    )
+    hook = pick_hook(json_lines=args.json, quiet=args.quiet)
+    summary = anyio.run(_run_async, spec, options, hook, args, backend="asyncio")
+    if args.json:
+        print(json.dumps({"event": "summary", **summary.as_dict()}, ensure_ascii=False))
+    else:
+        print(_format_summary(summary, spec))
+    if args.gallery:
+        from batchgen.gallery.build import build_gallery
+
+        index = anyio.run(build_gallery, spec, backend="asyncio")
+        print(f"  gallery: {index}", file=sys.stderr if args.json else sys.stdout)
+    return int(summary.exit_code)
+
+
+async def _run_async(spec: Any, options: Any, hook: Any, args: argparse.Namespace) -> Any:
+    from batchgen.runner.job import RunHandle, arun, sim_session
+
+    handle = RunHandle()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_watch_signals, handle, hook)
+        try:
+            if args.sim:
+                async with sim_session(
+                    latency=args.sim_latency, fail_rate=args.sim_fail_rate, seed=0
+                ) as (base_url, auth):
+                    hook.on_message("info", f"simulator at {base_url} (no API key needed)")
+                    options = _replace(options, base_url=base_url, auth=auth, seed=0)
+                    summary = await arun(spec, options, hook=hook, handle=handle)
+            else:
+                summary = await arun(spec, options, hook=hook, handle=handle)
+        finally:
+            tg.cancel_scope.cancel()
+    return summary
+
+
+def _replace(options: Any, **changes: Any) -> Any:
+    import dataclasses
+
+    return dataclasses.replace(options, **changes)
+
+
+async def _watch_signals(handle: Any, hook: Any) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            handle.interrupt()
+            if handle.requests == 1:
+                hook.on_message(
+                    "warning",
+                    "stopping: no new submissions; waiting for answers in flight"
+                    " (Ctrl-C again to quit at once)",
+                )
+            else:
+                hook.on_message("warning", "quitting now")
+
+
+def _format_summary(summary: Any, spec: Any) -> str:
+    counts = summary.counts
+    parts = [
+        f"{counts.get(s, 0)} {s}"
+        for s in ("done", "failed", "unknown", "pending", "running", "downloading")
+        if counts.get(s, 0)
+    ]
+    run = summary.this_run
+    lines = [
+        f"{summary.job}: {', '.join(parts) or 'nothing to do'} of {summary.tasks} task(s)"
+        f" in {summary.elapsed:.1f}s; spent {summary.spent_total:.4f} {spec.currency}",
+    ]
+    if run:
+        lines.append(
+            f"  this run: {run.get('accepted', 0)} submitted, {run.get('downloaded', 0)} saved,"
+            f" {run.get('rate_limited', 0)} rate-limited (429), {run.get('retried', 0)} retried,"
+            f" {run.get('regenerated', 0)} regenerated"
+        )
+    if summary.failures_by_code:
+        codes = ", ".join(f"{c} {n}" for c, n in summary.failures_by_code.items())
+        lines.append(f"  failures by code: {codes}")
+    lines.extend(f"  {m}" for m in summary.messages)
+    if summary.not_in_spec:
+        lines.append(f"  {summary.not_in_spec} task(s) in the ledger are no longer in the spec")
+    lines.append(f"  output: {summary.output}")
+    if summary.exit_code == 130:
+        lines.append(
+            f"  interrupted: run `batchgen run {quote_path(summary.spec)}` again to resume"
+        )
+    elif counts.get("unknown"):
+        lines.append(
+            "  unknown tasks may have been charged; review them with `batchgen status`, then"
+            " `batchgen retry SPEC --unknown` to resubmit"
+        )
+    elif counts.get("failed"):
+        lines.append(
+            "  `batchgen retry SPEC --failed` then `batchgen run SPEC` tries the failed again"
+        )
+    return "\n".join(lines)
+
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    """Serve the simulator until Ctrl-C or SIGTERM."""
+    from batchgen.sim.cli import run_from_args
+
+    return int(run_from_args(args))
