@@ -1,4 +1,4 @@
-"""Unit tests for batchgen.client over httpx.MockTransport: routes, errors, SSE, secrecy."""
+"""Unit tests for batchgen.api.client over httpx.MockTransport: routes, errors, SSE, secrecy."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Unit tests for batchgen.download over httpx.MockTransport: safety, atomicity, checks."""
+"""Unit tests for batchgen.output.fetch over httpx.MockTransport: safety, atomicity, checks."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Unit tests for batchgen.output: safe names, layouts that never escape, atomic writes."""
+"""Unit tests for batchgen.output.tree: safe names, layouts that never escape, atomic writes."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Planning output: batchgen.plan (summaries, tables, JSON lines, the JSON Schema)."""
+"""Planning output: batchgen.spec.plan (summaries, tables, JSON lines, the JSON Schema)."""
 
 from __future__ import annotations
 

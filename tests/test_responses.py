@@ -1,4 +1,4 @@
-"""Unit tests for batchgen.responses: every body shape protocol.md lists."""
+"""Unit tests for batchgen.api.responses: every body shape protocol.md lists."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Unit tests for batchgen.throttle: pure delays, the bucket, the estimator, AIMD, the breaker.
+"""Unit tests for batchgen.runner pacing: delays, the bucket, the estimator, AIMD, the breaker.
 
 Every component takes an injected clock (:class:`FakeClock`), so pacing is checked by
 arithmetic instead of by sleeping. The few tests that must await ``acquire`` either

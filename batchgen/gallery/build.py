@@ -1,10 +1,10 @@
 """``batchgen gallery``: a static, offline HTML gallery of a job's images.
 
 :func:`build_gallery` reads the job's ledger, lays its tasks out on labelled grids
-(:mod:`batchgen.gallery_model`), makes the missing thumbnails, writes ``index.html``
+(:mod:`batchgen.gallery.model`), makes the missing thumbnails, writes ``index.html``
 (and ``index-2.html``, ... when the job is larger than a page) into the output folder
-(:mod:`batchgen.gallery_html`) and, with ``png=True``, one contact sheet per grid
-(:mod:`batchgen.gallery_sheet`). The grid follows the spec: every task of the current
+(:mod:`batchgen.gallery.html`) and, with ``png=True``, one contact sheet per grid
+(:mod:`batchgen.gallery.sheet`). The grid follows the spec: every task of the current
 spec gets one place, whether or not it has run; tasks the ledger holds but the spec no
 longer lists are counted, not shown.
 
@@ -110,7 +110,7 @@ async def build_gallery(
     """Write the gallery of ``spec``'s job into its output folder; return ``index.html``.
 
     ``x`` and ``y`` name the axes across and down (defaults: see
-    :func:`batchgen.gallery_model.choose_axes`); ``png`` also writes contact sheets.
+    :func:`batchgen.gallery.model.choose_axes`); ``png`` also writes contact sheets.
     Raises UsageError for an axis the job does not have (before touching any file),
     ConfigError when the job has no ledger yet, LedgerError when it cannot be read.
     """

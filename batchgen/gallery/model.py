@@ -1,8 +1,8 @@
 """The gallery's grid model: which task goes in which cell of which grid, on which page.
 
-Pure data, no I/O: :mod:`batchgen.gallery` reads the ledger into :class:`TaskView`
-values, this module lays them out, and :mod:`batchgen.gallery_html` and
-:mod:`batchgen.gallery_sheet` draw the result.
+Pure data, no I/O: :mod:`batchgen.gallery.build` reads the ledger into :class:`TaskView`
+values, this module lays them out, and :mod:`batchgen.gallery.html` and
+:mod:`batchgen.gallery.sheet` draw the result.
 
 A *dimension* is what a grid can be laid out along: a matrix axis (a row axis is one
 dimension, its value being the tuple of its columns), or, for a matrix without axes,

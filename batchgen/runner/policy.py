@@ -69,7 +69,7 @@ from batchgen.runner.transitions import (
 
 __all__ = ["download_failed", "poll_failed", "submission_failed", "task_failed"]
 
-log = logging.getLogger("batchgen.pipeline")
+log = logging.getLogger("batchgen.runner")
 
 
 async def submission_failed(run: RunState, task: InFlight, exc: BatchgenError) -> None:

@@ -35,7 +35,7 @@ from batchgen.runner.throttle import Throttle
 
 __all__ = ["InFlight", "PipelineLimits", "RunState", "WorkQueue"]
 
-log = logging.getLogger("batchgen.pipeline")
+log = logging.getLogger("batchgen.runner")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,6 +1,6 @@
 """Checks that depend on which values meet in a combination, done without expanding.
 
-The kept combinations are walked in *classes* (see :func:`batchgen.combos.walk_classes`):
+The kept combinations are walked in *classes* (see :func:`batchgen.spec.combos.walk_classes`):
 combinations that agree on the axes a check looks at and match the same include
 entries. Placeholders are checked per (prompt, model, include set), model families per
 (model, aspect ratio, image size); the cost is summed per model. The work grows with

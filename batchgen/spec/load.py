@@ -1,8 +1,8 @@
 """Loading a job spec: every check up front, every problem at its line and column.
 
-:func:`load_spec` reads the YAML safely (:mod:`batchgen.yamlsrc`), refuses API keys
+:func:`load_spec` reads the YAML safely (:mod:`batchgen.spec.yamlsrc`), refuses API keys
 written in the file, checks structure and types with the pydantic models of
-:mod:`batchgen.spec_model`, then resolves and checks the meaning: row files, reference
+:mod:`batchgen.spec.model`, then resolves and checks the meaning: row files, reference
 images, placeholders, model families, the size of the matrix (counted, never
 expanded) and the budget. It raises one :class:`~batchgen.errors.SpecError` holding
 every problem, sorted by position; warnings of a valid spec end up on

@@ -1,7 +1,7 @@
 """From a loaded spec to planned tasks: lazy expansion, stable keys, request bodies.
 
 :func:`expand` is a generator: it walks the matrix combination by combination (see
-:mod:`batchgen.combos`) and builds each task when asked, so planning a million tasks
+:mod:`batchgen.spec.combos`) and builds each task when asked, so planning a million tasks
 needs no more memory than planning ten.
 
 A task's ``key`` is the first 32 hex digits of the SHA-256 of its canonical request::

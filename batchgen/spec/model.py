@@ -2,7 +2,7 @@
 
 These models check structure and types only (unknown keys, wrong types, ranges); the
 meaning (placeholders, files, model families, matrix size) is checked by
-:mod:`batchgen.spec_resolve` and :mod:`batchgen.spec_checks`. They are also the single
+:mod:`batchgen.spec.resolve` and :mod:`batchgen.spec.checks`. They are also the single
 source of the JSON Schema that editors use, so every field carries a description.
 :func:`structure_issues` turns pydantic's errors into issues at YAML positions.
 """

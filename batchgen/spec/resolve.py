@@ -2,7 +2,7 @@
 
 Every problem becomes a :class:`~batchgen.errors.SpecIssue` at the YAML node (or the
 row-file line) it comes from; nothing here raises for a bad spec. Checks that need the
-combinations (placeholders, model families) live in :mod:`batchgen.spec_checks`.
+combinations (placeholders, model families) live in :mod:`batchgen.spec.checks`.
 """
 
 from __future__ import annotations
