@@ -90,7 +90,9 @@ def apt_install(*packages: str) -> bool:
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
 
     def apt_get(*args: str) -> bool:
-        done = subprocess.run([apt, *args], stdout=subprocess.DEVNULL, env=env, check=False)
+        done = subprocess.run([apt, *args], capture_output=True, text=True, env=env, check=False)
+        if done.returncode:
+            print(done.stderr.strip()[-2000:], file=sys.stderr)
         return done.returncode == 0
 
     install = ("install", "-y", "-q", "--no-install-recommends", *packages)
