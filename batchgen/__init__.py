@@ -17,7 +17,8 @@ if TYPE_CHECKING:
     from batchgen.api.auth import BearerAuth, PlaygroundAuth, Timeouts
     from batchgen.api.client import CobabaClient
     from batchgen.errors import BatchgenError
-    from batchgen.runner.job import RunHandle, RunOptions, RunSummary, arun, run
+    from batchgen.runner.job import RunHandle, RunOptions, arun, run
+    from batchgen.runner.summary import RunSummary
     from batchgen.spec.load import Spec, load_spec
 
 __version__ = "0.1.0"
@@ -46,7 +47,7 @@ _HOMES = {
     "Timeouts": "batchgen.api.auth",
     "RunHandle": "batchgen.runner.job",
     "RunOptions": "batchgen.runner.job",
-    "RunSummary": "batchgen.runner.job",
+    "RunSummary": "batchgen.runner.summary",
     "arun": "batchgen.runner.job",
     "run": "batchgen.runner.job",
     "Spec": "batchgen.spec.load",

@@ -15,13 +15,15 @@ an exception passes through :func:`redact`.
     ├── ConfigError                missing key, bad base URL, unusable folder  (exit 3)
     ├── LedgerError                the ledger cannot be opened or is foreign   (exit 3)
     ├── APIError                   the service answered with an error          (accepted: no)
-    │   ├── AuthenticationError    401 invalid_api_key / token_invalid          (exit 3)
-    │   ├── PermissionDeniedError  403 access_denied / token_model_forbidden
+    │   ├── AuthenticationError    401, any code: invalid, expired or used-up key (exit 3)
+    │   ├── PermissionDeniedError  403 for one model (token_model_forbidden, or no code)
+    │   │   └── AccessDeniedError  403 access_denied: not from this IP            (exit 3)
+    │   ├── QuotaExceededError     403 insufficient_user_quota / pre_consume_token_quota_failed
     │   ├── TaskNotFoundError      404 task_not_found, or HTTP 200 with code -22
-    │   ├── RateLimitError         429 rate_limit_exceeded; .retry_after
+    │   ├── RateLimitError         429; .retry_after, .limit (the limit the message states)
     │   ├── ModelUnavailableError  503 model_not_found (no channel for the model)
     │   ├── UpstreamError          500, 502 and other 5xx upstream_error
-    │   ├── BadRequestError        any other 4xx
+    │   ├── BadRequestError        any other 4xx (400 model_price_error among them)
     │   └── BusinessError          HTTP 200 with code != 0 (e.g. no credits)
     ├── ResponseFormatError        a 2xx answer batchgen cannot read           (accepted: unknown)
     ├── TransportError             no usable answer arrived
@@ -39,15 +41,16 @@ an exception passes through :func:`redact`.
 from __future__ import annotations
 
 import enum
-import re
-import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
+from batchgen.redaction import redact, register_secret
+
 __all__ = [
     "APIError",
     "Accepted",
+    "AccessDeniedError",
     "AuthenticationError",
     "BadRequestError",
     "BatchgenError",
@@ -61,12 +64,14 @@ __all__ = [
     "ModelUnavailableError",
     "NotAnImageError",
     "PermissionDeniedError",
+    "QuotaExceededError",
     "RateLimitError",
     "RequestTimeoutError",
     "ResponseFormatError",
     "ResultExpiredError",
     "SpecError",
     "SpecIssue",
+    "StatedLimit",
     "TaskNotFoundError",
     "TransportError",
     "TruncatedDownloadError",
@@ -85,34 +90,6 @@ class Accepted(enum.Enum):
     NO = "no"
     YES = "yes"
     UNKNOWN = "unknown"
-
-
-# --- secrets --------------------------------------------------------------------------
-
-_SECRETS: set[str] = set()
-_SECRETS_LOCK = threading.Lock()  # aiosqlite's thread may format messages too
-_KEY_PATTERN = re.compile(r"sk-[A-Za-z0-9_\-]{6,}")
-_MASK = "sk-***"
-
-
-def register_secret(value: str) -> None:
-    """Remember ``value`` so that :func:`redact` removes it from any text.
-
-    Values shorter than 4 characters are ignored: masking them would garble text.
-    """
-    if len(value) >= 4:
-        with _SECRETS_LOCK:
-            _SECRETS.add(value)
-
-
-def redact(text: str) -> str:
-    """Return ``text`` with every registered secret and every ``sk-…`` token masked."""
-    with _SECRETS_LOCK:
-        secrets = sorted(_SECRETS, key=len, reverse=True)
-    for secret in secrets:
-        if secret in text:
-            text = text.replace(secret, _MASK)
-    return _KEY_PATTERN.sub(_MASK, text)
 
 
 # --- the tree -------------------------------------------------------------------------
@@ -237,7 +214,7 @@ class APIError(BatchgenError):
             parts.append(f"HTTP {status}")
         head = " ".join(parts)
         detail = f"{head}: {message}" if head else message
-        if request_id:
+        if request_id and request_id not in message:  # the gateway writes it in its text
             detail += f" (request id {request_id})"
         super().__init__(detail, code=code, retryable=retryable, accepted=accepted)
 
@@ -250,9 +227,33 @@ class AuthenticationError(APIError):
 
 
 class PermissionDeniedError(APIError):
-    """403: the key may not use this model."""
+    """403: the key may not use this model (``model``, when the answer names it)."""
 
     default_code = "token_model_forbidden"
+
+    def __init__(self, message: str, *, model: str | None = None, **kw: object) -> None:
+        self.model = model
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+
+
+class AccessDeniedError(PermissionDeniedError):
+    """403 ``access_denied``: the key may not be used from here (its IP allow-list).
+
+    Not about one model: nothing this key sends from this machine will be accepted.
+    """
+
+    default_code = "access_denied"
+    exit_code = 3
+
+
+class QuotaExceededError(APIError):
+    """403 ``insufficient_user_quota`` or ``pre_consume_token_quota_failed``: no credit.
+
+    The account's balance (or the key's own quota) cannot pay for the request. Nothing
+    was charged; nothing sent later will be accepted until someone tops it up.
+    """
+
+    default_code = "insufficient_user_quota"
 
 
 class TaskNotFoundError(APIError):
@@ -261,24 +262,67 @@ class TaskNotFoundError(APIError):
     default_code = "task_not_found"
 
 
+@dataclass(frozen=True, slots=True)
+class StatedLimit:
+    """A rate limit as the service states it in a 429: ``count`` requests per ``window``.
+
+    ``window`` is in seconds. ``scope`` is ``success`` (the gateway's sliding log of
+    successful requests) or ``total`` (its token bucket over every attempt, failures
+    included).
+    """
+
+    count: int
+    window: float
+    scope: str = "success"
+
+    def __str__(self) -> str:
+        what = "requests" if self.scope == "success" else "attempts"
+        return f"{self.count} {what} per {self.window:g}s"
+
+
 class RateLimitError(APIError):
-    """429: too many requests. ``retry_after`` is the server's delay in seconds, if sent."""
+    """429: too many requests.
+
+    ``retry_after`` is the server's delay in seconds, if it sent one; ``limit`` the
+    limit its message states, if it states one; ``empty`` says the answer had no body;
+    ``server`` is the gateway's version header (``X-New-Api-Version``), if any.
+    """
 
     default_code = "rate_limit_exceeded"
     retryable_default = True
 
-    def __init__(self, message: str, *, retry_after: float | None = None, **kw: object) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        limit: StatedLimit | None = None,
+        empty: bool = False,
+        server: str | None = None,
+        **kw: object,
+    ) -> None:
         self.retry_after = retry_after
+        self.limit = limit
+        self.empty = empty
+        self.server = server
         if retry_after is not None:
             message = f"{message} (retry after {retry_after:g}s)"
         super().__init__(message, **kw)  # type: ignore[arg-type]
 
 
 class ModelUnavailableError(APIError):
-    """503 ``model_not_found``: no channel currently serves the model."""
+    """503 ``model_not_found``: no channel currently serves the model (``model`` in the
+    group ``group``, when the answer names them)."""
 
     default_code = "model_not_found"
     retryable_default = True
+
+    def __init__(
+        self, message: str, *, model: str | None = None, group: str | None = None, **kw: object
+    ) -> None:
+        self.model = model
+        self.group = group
+        super().__init__(message, **kw)  # type: ignore[arg-type]
 
 
 class UpstreamError(APIError):

@@ -67,7 +67,8 @@ def _run(options: dict[str, Any]) -> dict[str, Any]:
     import anyio
 
     from batchgen.api.auth import BearerAuth
-    from batchgen.runner.job import RunOptions, arun, ledger_path
+    from batchgen.ledger.paths import ledger_path
+    from batchgen.runner.job import RunOptions, arun
     from batchgen.runner.progress import NullHook, Snapshot
     from batchgen.spec.load import load_spec
 

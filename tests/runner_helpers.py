@@ -20,10 +20,12 @@ import anyio
 import anyio.from_thread
 
 from batchgen.api.auth import BearerAuth
+from batchgen.ledger.paths import ledger_path
 from batchgen.ledger.schema import TaskRow
 from batchgen.ledger.store import Ledger
-from batchgen.runner.job import RunHandle, RunOptions, RunSummary, arun, ledger_path
+from batchgen.runner.job import RunHandle, RunOptions, arun
 from batchgen.runner.progress import Snapshot
+from batchgen.runner.summary import RunSummary
 from batchgen.sim import SimConfig, SimServer, running_simulator
 from batchgen.sim.wire import Request
 from batchgen.spec.load import load_spec

@@ -21,6 +21,7 @@ from batchgen.api.responses import ImagesResult, Submission, TaskStatus
 from batchgen.api.wire import parse_retry_after
 from batchgen.errors import (
     Accepted,
+    AccessDeniedError,
     APIError,
     AuthenticationError,
     BadRequestError,
@@ -390,7 +391,7 @@ ERROR_CASES: dict[str, ErrorCase] = {
         401, jbody(envelope_error("token_invalid")), AuthenticationError, "token_invalid", False
     ),
     "403-access_denied": ErrorCase(
-        403, jbody(envelope_error("access_denied")), PermissionDeniedError, "access_denied", False
+        403, jbody(envelope_error("access_denied")), AccessDeniedError, "access_denied", False
     ),
     "403-token_model_forbidden": ErrorCase(
         403,

@@ -37,9 +37,10 @@ from batchgen.gallery.model import (
     paginate,
     variant_dimension,
 )
+from batchgen.ledger.paths import ledger_path
 from batchgen.ledger.schema import TaskState
 from batchgen.ledger.store import Ledger
-from batchgen.runner.job import RunOptions, arun, ledger_path, sim_session
+from batchgen.runner.job import RunOptions, arun, sim_session
 from batchgen.spec.load import Spec, load_spec
 from batchgen.spec.matrix import expand
 

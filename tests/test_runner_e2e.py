@@ -24,9 +24,10 @@ from PIL import Image
 
 from batchgen.api.auth import BearerAuth
 from batchgen.errors import AuthenticationError, BusinessError, SpecError
+from batchgen.ledger.paths import ledger_path
 from batchgen.ledger.report import job_status, retry_tasks
 from batchgen.ledger.schema import TaskState, Transition
-from batchgen.runner.job import RunHandle, ledger_path
+from batchgen.runner.job import RunHandle
 from batchgen.spec.load import load_spec
 from tests.conftest import SimFactory
 from tests.runner_helpers import (

@@ -22,9 +22,12 @@ __all__ = [
     "API_KEY_ENV",
     "BASE_URL_ENV",
     "DEFAULT_BASE_URL",
+    "SESSION_ENV",
+    "USER_ID_ENV",
     "BearerAuth",
     "PlaygroundAuth",
     "Timeouts",
+    "auth_from_env",
     "check_base_url",
     "origin_of",
 ]
@@ -32,6 +35,8 @@ __all__ = [
 DEFAULT_BASE_URL: Final = "https://cobabaai.com/v1"
 API_KEY_ENV: Final = "COBABA_API_KEY"
 BASE_URL_ENV: Final = "COBABA_BASE_URL"
+SESSION_ENV: Final = "COBABA_SESSION"
+USER_ID_ENV: Final = "COBABA_USER_ID"
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +64,32 @@ class PlaygroundAuth:
     session: str = field(repr=False)
     user_id: str
     cookie_name: str = "session"
+
+
+def auth_from_env() -> BearerAuth | PlaygroundAuth:
+    """The credentials the environment holds: ``COBABA_API_KEY``, else a playground
+    session from ``COBABA_SESSION`` and ``COBABA_USER_ID`` (the site's logged-in path).
+
+    Raises ConfigError when neither is set, or only half of a session is.
+    """
+    if os.environ.get(API_KEY_ENV, "").strip():
+        return BearerAuth.from_env()
+    session = os.environ.get(SESSION_ENV, "").strip()
+    user = os.environ.get(USER_ID_ENV, "").strip()
+    if session and user:
+        return PlaygroundAuth(session=session, user_id=user)
+    if session or user:
+        missing = USER_ID_ENV if session else SESSION_ENV
+        raise ConfigError(
+            f"{missing} is not set: a playground session needs both {SESSION_ENV} (the"
+            f" site's session cookie) and {USER_ID_ENV} (your user id)",
+            code="missing_api_key",
+        )
+    raise ConfigError(
+        f"{API_KEY_ENV} is not set: export your CobabaAi key (or {SESSION_ENV} and"
+        f" {USER_ID_ENV} for a logged-in playground session, or use --sim)",
+        code="missing_api_key",
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,7 +63,7 @@ from batchgen.errors import (
     register_secret,
 )
 
-__all__ = ["ENDPOINTS", "CobabaClient"]
+__all__ = ["ENDPOINTS", "PLAYGROUND_ENDPOINTS", "CobabaClient"]
 
 #: Submission routes by spec endpoint name, relative to the base URL (``.../v1``).
 ENDPOINTS: Final[Mapping[str, str]] = {
@@ -78,6 +78,10 @@ _PLAYGROUND: Final[Mapping[str, str]] = {
     "/draw/nano-banana": "/api/user/playground/draw/nano-banana",
     "/draw/result": "/api/user/playground/draw/result",
 }
+#: Spec endpoints a playground session can submit to.
+PLAYGROUND_ENDPOINTS: Final = frozenset(
+    name for name, route in ENDPOINTS.items() if route in _PLAYGROUND
+)
 
 
 class CobabaClient:

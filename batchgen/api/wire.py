@@ -29,8 +29,10 @@ from typing import Final
 
 import httpx2 as httpx
 
+from batchgen.api.messages import channel_named, model_named, parse_stated_limit
 from batchgen.errors import (
     Accepted,
+    AccessDeniedError,
     APIError,
     AuthenticationError,
     BadRequestError,
@@ -40,6 +42,7 @@ from batchgen.errors import (
     ConnectionLostError,
     ModelUnavailableError,
     PermissionDeniedError,
+    QuotaExceededError,
     RateLimitError,
     RequestTimeoutError,
     ResponseFormatError,
@@ -115,8 +118,10 @@ def decode_response(response: httpx.Response, route: str) -> tuple[object, str |
 _BY_CODE: Final[Mapping[str, type[APIError]]] = {
     "invalid_api_key": AuthenticationError,
     "token_invalid": AuthenticationError,
-    "access_denied": PermissionDeniedError,
+    "access_denied": AccessDeniedError,
     "token_model_forbidden": PermissionDeniedError,
+    "insufficient_user_quota": QuotaExceededError,
+    "pre_consume_token_quota_failed": QuotaExceededError,
     "task_not_found": TaskNotFoundError,
     "rate_limit_exceeded": RateLimitError,
     "model_not_found": ModelUnavailableError,
@@ -124,11 +129,7 @@ _BY_CODE: Final[Mapping[str, type[APIError]]] = {
 }
 
 
-def error_for_status(
-    response: httpx.Response | None, body: object, route: str, request_id: str | None
-) -> APIError:
-    """Build the APIError for an error answer (or an error frame when ``response`` is None)."""
-    status = response.status_code if response is not None else None
+def _code_and_message(response: httpx.Response | None, body: object) -> tuple[str, str]:
     message = ""
     code = ""
     if isinstance(body, Mapping):
@@ -140,50 +141,67 @@ def error_for_status(
             code = str(body.get("code"))
     elif response is not None and response.text.strip():
         message = response.text.strip()[:200]
-    cls: type[APIError]
+    return code, message
+
+
+def _class_for(status: int | None, code: str, route: str) -> type[APIError]:
+    """The error class of an answer, from its status first and its code second."""
     if status == 401:
-        cls = AuthenticationError
-    elif status == 403:
-        cls = PermissionDeniedError
-    elif status == 404:
-        cls = (
-            TaskNotFoundError
-            if code in ("", "task_not_found") and "result" in route
-            else (_BY_CODE.get(code, BadRequestError))
-        )
-    elif status == 429:
-        retry_after = parse_retry_after(response.headers.get("retry-after")) if response else None
-        return RateLimitError(
-            message or "rate limited",
-            status=status,
-            code=code or None,
-            route=route,
-            request_id=request_id,
-            retry_after=retry_after,
-        )
-    elif status == 503:
-        cls = ModelUnavailableError
-    elif (status is not None and status >= 500) or status in (408, 425):
-        cls = UpstreamError
-    elif status is not None and status >= 400:
-        cls = _BY_CODE.get(code, BadRequestError)
-    else:
-        cls = _BY_CODE.get(code, UpstreamError)
+        return AuthenticationError  # the gateway sends an empty code for every bad key
+    if status == 403:
+        known = _BY_CODE.get(code)
+        if known is not None and issubclass(known, PermissionDeniedError | QuotaExceededError):
+            return known
+        return PermissionDeniedError  # no code: "this token has no access to model X"
+    if status == 404:
+        if code in ("", "task_not_found") and "result" in route:
+            return TaskNotFoundError
+        return _BY_CODE.get(code, BadRequestError)
+    if status == 429:
+        return RateLimitError
+    if status == 503:
+        return ModelUnavailableError
+    if (status is not None and status >= 500) or status in (408, 425):
+        return UpstreamError
+    if status is not None and status >= 400:
+        return _BY_CODE.get(code, BadRequestError)
+    return _BY_CODE.get(code, UpstreamError)
+
+
+def error_for_status(
+    response: httpx.Response | None, body: object, route: str, request_id: str | None
+) -> APIError:
+    """Build the APIError for an error answer (or an error frame when ``response`` is None).
+
+    Reads both the seed's codes and the gateway's forms (an empty code with a message
+    that says what happened); see the table in README.md, "Errors the service sends".
+    """
+    status = response.status_code if response is not None else None
+    code, message = _code_and_message(response, body)
+    cls = _class_for(status, code, route)
+    common: dict[str, object] = {
+        "status": status,
+        "code": code or None,
+        "route": route,
+        "request_id": request_id,
+    }
     if cls is RateLimitError:
+        headers = response.headers if response is not None else None
         return RateLimitError(
-            message or "rate limited",
-            status=status,
-            code=code or None,
-            route=route,
-            request_id=request_id,
+            message or "rate limited (the answer had no body)",
+            retry_after=parse_retry_after(headers.get("retry-after")) if headers else None,
+            limit=parse_stated_limit(message),
+            empty=body is None and not message,
+            server=headers.get("x-new-api-version") if headers else None,
+            **common,
         )
-    return cls(
-        message or f"{cls.default_code}",
-        status=status,
-        code=code or None,
-        route=route,
-        request_id=request_id,
-    )
+    text = message or cls.default_code
+    if issubclass(cls, PermissionDeniedError):
+        return cls(text, model=model_named(message), **common)
+    if cls is ModelUnavailableError:
+        model, group = channel_named(message)
+        return ModelUnavailableError(text, model=model, group=group, **common)
+    return cls(text, **common)  # type: ignore[arg-type]
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:

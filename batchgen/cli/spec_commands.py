@@ -44,9 +44,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 async def _done_keys(spec: Any) -> frozenset[str]:
+    from batchgen.ledger.paths import ledger_path
     from batchgen.ledger.schema import TaskState
     from batchgen.ledger.store import Ledger
-    from batchgen.runner.job import ledger_path
 
     path = ledger_path(spec)
     if not path.exists():

@@ -53,10 +53,10 @@ from batchgen.gallery.model import (
     variant_dimension,
 )
 from batchgen.gallery.sheet import write_contact_sheets
+from batchgen.ledger.paths import ledger_path
 from batchgen.ledger.schema import TaskRow, TaskState
 from batchgen.ledger.store import Ledger
 from batchgen.output.tree import resolve_inside, write_atomic
-from batchgen.runner.job import ledger_path
 from batchgen.spec.load import Spec, load_spec
 from batchgen.spec.matrix import PlannedTask, expand
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from batchgen.errors import REFETCHABLE_CODES, UsageError
+from batchgen.ledger.paths import ledger_path
 from batchgen.ledger.schema import TaskState
 from batchgen.ledger.store import Ledger
-from batchgen.runner.job import ledger_path
 from batchgen.spec.load import Spec
 
 __all__ = ["export_rows", "job_status", "retry_tasks"]

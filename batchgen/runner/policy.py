@@ -45,12 +45,14 @@ import logging
 from batchgen.api.responses import TaskInfo
 from batchgen.errors import (
     Accepted,
+    AccessDeniedError,
     AuthenticationError,
     BatchgenError,
     BusinessError,
     ConfigError,
     DownloadError,
     PermissionDeniedError,
+    QuotaExceededError,
     RateLimitError,
     ResultExpiredError,
     TaskNotFoundError,
@@ -63,13 +65,18 @@ from batchgen.runner.transitions import (
     fail,
     park,
     regenerate,
+    remember_limit,
     resubmit_after_failure,
     to_unknown,
 )
+from batchgen.runner.window import Permit
 
 __all__ = ["download_failed", "poll_failed", "submission_failed", "task_failed"]
 
 log = logging.getLogger("batchgen.runner")
+
+#: Codes that refuse a model (not a task): every task of the model would get the same.
+MODEL_REFUSALS = frozenset({"model_price_error"})
 
 
 async def submission_failed(run: RunState, task: InFlight, exc: BatchgenError) -> None:
@@ -80,23 +87,34 @@ async def submission_failed(run: RunState, task: InFlight, exc: BatchgenError) -
         run.charge(task)
         await to_unknown(run, task, exc.code, str(exc))
         return
-    if isinstance(exc, AuthenticationError):
+    if isinstance(exc, AuthenticationError | AccessDeniedError | QuotaExceededError):
+        # The key, where it is used from, or the credit: nothing else would be accepted.
         await back_to_pending(run, task, exc, counted=False)
         run.settle(task)
         run.fail_run(exc)
         return
     if isinstance(exc, RateLimitError):
         try:
-            run.throttle.on_rate_limited(exc.retry_after, task.sent_mono)
+            run.throttle.on_rate_limited(
+                exc.retry_after,
+                task.sent_mono,
+                limit=exc.limit,
+                empty=exc.empty,
+                server=exc.server,
+                permit=task.permit,
+            )
         except ParkedError as parked:
             await park(run, task, parked.delay)
             return
-        if run.inflight.on_congestion():
+        # Under the service's own window a 429 is not congestion: the window paces.
+        if not run.throttle.windowed and run.inflight.on_congestion():
             run.update()
+        await remember_limit(run)
         await back_to_pending(run, task, exc, counted=False)
+        run.update()
         run.retry_later(task, 0.0)
         return
-    if isinstance(exc, PermissionDeniedError):
+    if isinstance(exc, PermissionDeniedError) or exc.code in MODEL_REFUSALS:
         await block_model(run, task, exc)
         return
     if exc.retryable:
@@ -108,7 +126,7 @@ async def submission_failed(run: RunState, task: InFlight, exc: BatchgenError) -
         delay = full_jitter(BackoffPolicy(base=1.0, cap=30.0), task.attempts, run.rng)
         run.retry_later(task, delay)
         return
-    run.throttle.on_success(task.sent_mono)  # the service answered: it is up
+    run.throttle.on_success(task.sent_mono, record=False)  # the service answered: it is up
     if isinstance(exc, BusinessError):
         # Often the account's problem (no credits), not the task's: the task stays
         # pending, and the same refusal three times in a row stops the run.
@@ -128,17 +146,26 @@ async def submission_failed(run: RunState, task: InFlight, exc: BatchgenError) -
 
 
 async def poll_failed(
-    run: RunState, task: InFlight, exc: BatchgenError, *, next_delay: float
+    run: RunState,
+    task: InFlight,
+    exc: BatchgenError,
+    *,
+    next_delay: float,
+    permit: Permit | None = None,
 ) -> None:
     """A poll of a running task ended in ``exc``. ``next_delay`` is when a poll that is
-    merely refused (429) goes again."""
+    merely refused (429) goes again; ``permit`` its slot in the service's window."""
     if isinstance(exc, TaskNotFoundError):
-        run.poll_throttle.on_success()
+        run.poll_throttle.on_success(record=False)
         await resubmit_after_failure(run, task, exc.code, str(exc), refund=True)
         return
     if isinstance(exc, RateLimitError):
         try:
-            run.poll_throttle.on_rate_limited(exc.retry_after)
+            run.poll_throttle.on_rate_limited(
+                exc.retry_after, limit=exc.limit, empty=exc.empty, server=exc.server, permit=permit
+            )
+            run.update()
+            await remember_limit(run)
         except ParkedError as parked:
             run.message("warning", f"polling parked: {parked}; run again later")
             run.settle(task)

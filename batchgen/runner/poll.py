@@ -1,9 +1,13 @@
 """The poll stage: asking the service about running tasks until they end.
 
-The first poll of a task comes at the expected latency (learnt from the tasks seen
-finishing, :func:`observe_latency`), the next ones when the reported progress predicts
-the end, backing off (by 1.3 each time, capped) when it says nothing. A task that succeeded goes
-to the download stage; errors and failed tasks go to :mod:`.policy`.
+When polls are free (the service does not count them against its limit) they are
+spent on finishing fast: the first poll comes at the expected latency, learnt from
+the tasks seen finishing, then the reported progress predicts the end, with a backoff
+(by 1.3 each time, capped) when it says nothing. When the service shows that polls
+count (a 429 on a poll), each poll costs a slot of its window, so they are spent on
+finding the task done: the first at the 90th percentile of the latencies seen, the
+next just after the end the progress predicts. A task that succeeded goes to the
+download stage; errors and failed tasks go to :mod:`.policy`.
 """
 
 from __future__ import annotations
@@ -11,33 +15,65 @@ from __future__ import annotations
 import anyio
 
 from batchgen.api.responses import TaskInfo
-from batchgen.errors import BatchgenError
+from batchgen.errors import BatchgenError, RateLimitError
 from batchgen.runner.policy import poll_failed, task_failed
 from batchgen.runner.state import InFlight, RunState
 from batchgen.runner.transitions import fail, generated
+from batchgen.runner.window import UNKNOWN, outcome_of
 
-__all__ = ["first_poll_delay", "next_poll_delay", "observe_latency", "poll_worker"]
+__all__ = [
+    "first_poll_delay",
+    "next_poll_delay",
+    "observe_latency",
+    "poll_worker",
+    "task_ended",
+]
+
+#: The latency quantile the first poll aims at when polls are counted.
+COUNTED_QUANTILE = 0.9
+
+
+def _counted(run: RunState) -> bool:
+    return run.limit.polls_counted is True
 
 
 def first_poll_delay(run: RunState) -> float:
     """When to poll a task just submitted."""
+    cap = 4 * run.limits.max_poll_interval
+    if _counted(run):
+        aim = run.latencies.quantile(COUNTED_QUANTILE)
+        if aim is not None:
+            return min(max(0.05, aim), cap)
     if run.latency_ewma is None:
         return run.limits.first_poll
-    return min(max(0.05, 0.9 * run.latency_ewma), 4 * run.limits.max_poll_interval)
+    return min(max(0.05, 0.9 * run.latency_ewma), cap)
 
 
-def observe_latency(run: RunState, task: InFlight) -> None:
-    """Learn when to poll first from a task just found finished."""
+def observe_latency(run: RunState, task: InFlight, *, exact: bool = False) -> None:
+    """Learn when to poll first from a task just found finished (``exact``: seen
+    ending, as a stream's last frame is, rather than found ended by a poll)."""
     latency = anyio.current_time() - task.submitted_mono
+    run.latencies.add(latency if exact else _estimate(task, latency))
     if run.latency_ewma is None:
         run.latency_ewma = latency
-    elif task.polls <= 1:
+    elif task.polls <= 1 and not exact:
         # Done at its first poll: the real latency was shorter than observed, by an
         # unknown amount, so probe much earlier next time. Polls are free, and the
         # progress a running answer reports makes the next poll precise anyway.
         run.latency_ewma = 0.25 * min(run.latency_ewma, latency)
     else:
         run.latency_ewma = 0.8 * run.latency_ewma + 0.2 * latency
+
+
+def _estimate(task: InFlight, observed: float) -> float:
+    """The task's true latency: it ended after it was last seen running, by the time
+    ``observed``; the progress seen then says where in between."""
+    seen, progress = task.last_running
+    if seen is None:
+        return observed
+    if progress > 0:
+        return min(observed, max(seen, seen * 100 / progress))
+    return (seen + observed) / 2
 
 
 def next_poll_delay(run: RunState, task: InFlight, info: TaskInfo | None) -> float:
@@ -48,6 +84,8 @@ def next_poll_delay(run: RunState, task: InFlight, info: TaskInfo | None) -> flo
     if info is not None and 0 < info.progress < 100 and elapsed > 0:
         # Progress rises with time: aim just after the predicted end.
         predicted = elapsed * (100 - info.progress) / info.progress
+        if _counted(run):  # a poll that finds it running is a slot spent for nothing
+            return min(cap, predicted + max(0.1, 0.05 * elapsed))
         return min(cap, max(0.1, min(predicted + 0.05, max(step, predicted))))
     return min(cap, step)
 
@@ -61,32 +99,49 @@ async def poll_worker(run: RunState) -> None:
 
 async def _poll_one(run: RunState, task: InFlight) -> None:
     assert task.remote_id is not None
-    await run.poll_throttle.acquire()
+    permit = await run.poll_throttle.acquire()
     task.polls += 1
     try:
         info = await run.client.get_result(task.remote_id)
     except BatchgenError as exc:
-        await poll_failed(run, task, exc, next_delay=next_poll_delay(run, task, None))
+        if not isinstance(exc, RateLimitError):  # a 429 tells the throttle more (policy)
+            run.poll_throttle.on_abandoned(permit, outcome_of(exc))
+        delay = next_poll_delay(run, task, None)
+        await poll_failed(run, task, exc, next_delay=delay, permit=permit)
         return
-    run.poll_throttle.on_success()
+    except BaseException:
+        run.poll_throttle.on_abandoned(permit, UNKNOWN)
+        raise
+    run.poll_throttle.on_success(permit=permit)
     if not info.status.terminal:
-        # Timed out only after a poll that still says running (a task `retry`
-        # sends back to running gets the poll it was promised).
-        elapsed = anyio.current_time() - task.submitted_mono
-        if elapsed > run.limits.task_timeout:
-            await fail(
-                run,
-                task,
-                "task_timeout",
-                f"no result after {elapsed:,.0f}s (remote {task.remote_id})",
-            )
-            return
-        run.schedule(next_poll_delay(run, task, info), "poll", task)
+        await still_running(run, task, info)
         return
+    await task_ended(run, task, info)
+
+
+async def still_running(run: RunState, task: InFlight, info: TaskInfo) -> None:
+    """A poll (or a cut stream) says the task runs: poll again, or give up on it."""
+    # Timed out only after a poll that still says running (a task `retry` sends
+    # back to running gets the poll it was promised).
+    elapsed = anyio.current_time() - task.submitted_mono
+    task.last_running = (elapsed, info.progress)
+    if elapsed > run.limits.task_timeout:
+        await fail(
+            run,
+            task,
+            "task_timeout",
+            f"no result after {elapsed:,.0f}s (remote {task.remote_id})",
+        )
+        return
+    run.schedule(next_poll_delay(run, task, info), "poll", task)
+
+
+async def task_ended(run: RunState, task: InFlight, info: TaskInfo, *, exact: bool = False) -> None:
+    """The service says the task ended (a poll, or a stream's last frame: ``exact``)."""
     # A task the service finished is the round trip that grows the in-flight limit.
     run.inflight.on_success()
     if not task.adopted:  # an earlier run's task: its age says nothing of latency
-        observe_latency(run, task)
+        observe_latency(run, task, exact=exact)
     if info.succeeded:
         await generated(run, task, info.results, remote_id=task.remote_id)
         return

@@ -36,6 +36,7 @@ class Snapshot:
     in_flight: int = 0
     concurrency: int = 0
     rpm: float | None = None
+    service_limit: str | None = None  # the service's own limit, once it says (or shows) it
     spent: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -58,6 +59,7 @@ class Snapshot:
             "in_flight": self.in_flight,
             "concurrency": self.concurrency,
             "rpm": None if self.rpm is None else round(self.rpm, 1),
+            "service_limit": self.service_limit,
             "spent": round(self.spent, 6),
         }
 

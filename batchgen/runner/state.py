@@ -29,9 +29,12 @@ from batchgen.api.responses import ResultImage
 from batchgen.ledger.schema import TaskRow
 from batchgen.ledger.store import Ledger
 from batchgen.output.fetch import Downloader
+from batchgen.runner.latency import LatencyModel
 from batchgen.runner.pacing import AdaptiveLimit
 from batchgen.runner.progress import NullHook, ProgressHook, Snapshot
+from batchgen.runner.service_limit import POLL, SUBMIT, ServiceLimit
 from batchgen.runner.throttle import Throttle
+from batchgen.runner.window import Permit
 
 __all__ = ["InFlight", "PipelineLimits", "RunState", "WorkQueue"]
 
@@ -56,6 +59,7 @@ class PipelineLimits:
     max_poll_interval: float = 15.0
     stop_grace: float = 30.0
     seed: int | None = None
+    reply: str = "auto"  # the generate route: async, stream, or auto (see the spec's api.reply)
 
 
 @dataclass(slots=True)
@@ -73,6 +77,8 @@ class InFlight:
     poll_failures: int = 0
     download_attempts: int = 0
     results: tuple[ResultImage, ...] = ()
+    permit: Permit | None = None  # its place in the service's window, while sending
+    last_running: tuple[float | None, int] = (None, 0)  # (elapsed, progress) last seen running
     slot: bool = False
     settled: bool = False  # needs nothing more from this run
     adopted: bool = False  # left at the service (or half-downloaded) by an earlier run
@@ -169,6 +175,9 @@ class RunState:
         self.hook: ProgressHook = hook or NullHook()
         self.snap = snapshot or Snapshot()
         self.rng = random.Random(limits.seed)
+        # What the service says of its own limit, shared by submissions and polls.
+        self.limit = ServiceLimit(clock=anyio.current_time)
+        self.limit_saved = 0  # the limit's version last kept in the ledger
         self.throttle = Throttle(
             rate_per_minute=limits.requests_per_minute,
             burst=limits.burst,
@@ -176,9 +185,16 @@ class RunState:
             probe_from=10.0,
             max_pause=limits.max_retry_after,
             rng=self.rng,
+            limit=self.limit,
+            kind=SUBMIT,
         )
         self.poll_throttle = Throttle(
-            rate_per_minute=None, discover=False, max_pause=limits.max_retry_after, rng=self.rng
+            rate_per_minute=None,
+            discover=False,
+            max_pause=limits.max_retry_after,
+            rng=self.rng,
+            limit=self.limit,
+            kind=POLL,
         )
         self.inflight = AdaptiveLimit(limits.concurrency, clock=anyio.current_time)
         self.queue = WorkQueue(bound=max(4, limits.concurrency * 2))
@@ -208,6 +224,7 @@ class RunState:
         self.spent = spent_before
         self.reserved = 0.0
         self.latency_ewma: float | None = None
+        self.latencies = LatencyModel()
         self.shields: set[anyio.CancelScope] = set()
         self.submit_scope = anyio.CancelScope()
         self.drain_scope = anyio.CancelScope()
@@ -267,6 +284,11 @@ class RunState:
         snap.poll_rate_limited = self.poll_throttle.rate_limited
         snap.rpm = self.throttle.rate_per_minute
         snap.spent = self.spent
+        if self.limit.notices:
+            snap.service_limit = self.limit.describe()
+            for notice in self.limit.notices:
+                self.message("info", notice)
+            self.limit.notices.clear()
         self.hook.on_update(snap)
 
     def message(self, level: str, text: str) -> None:

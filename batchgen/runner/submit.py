@@ -10,19 +10,25 @@ cuts it and records what is known. Errors go to :func:`.policy.submission_failed
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
+from collections.abc import AsyncIterator
 
 import anyio
 
-from batchgen.api.responses import ImagesResult, Submission
-from batchgen.errors import BatchgenError
+from batchgen.api.responses import ImagesResult, Submission, TaskInfo
+from batchgen.errors import BatchgenError, RateLimitError
 from batchgen.ledger.schema import TaskState, Transition
 from batchgen.runner.policy import submission_failed
-from batchgen.runner.poll import first_poll_delay
+from batchgen.runner.poll import first_poll_delay, next_poll_delay, task_ended
 from batchgen.runner.state import InFlight, RunState
 from batchgen.runner.transitions import generated, to_unknown
+from batchgen.runner.window import UNKNOWN, outcome_of
 
 __all__ = ["submit_worker"]
+
+log = logging.getLogger("batchgen.runner")
 
 
 async def submit_worker(run: RunState) -> None:
@@ -59,13 +65,14 @@ async def _submit_one(run: RunState, task: InFlight) -> None:
     await run.inflight.acquire()
     task.slot = True
     try:
-        await run.throttle.acquire()
+        task.permit = await run.throttle.acquire()
     except BaseException:
         run.release_slot(task)
         raise
     if run.stopping or run.over_budget(row.price) or row.model in run.blocked_models:
         # Things changed while this worker waited for its turn; look again.
-        run.throttle.on_abandoned()
+        run.throttle.on_abandoned(task.permit)
+        task.permit = None
         run.throttle.bucket.refund()
         if run.stopping:
             run.settle(task)
@@ -74,18 +81,21 @@ async def _submit_one(run: RunState, task: InFlight) -> None:
             run.queue.put_retry(task)
         return
     run.reserved += row.price
-    # Shielded: a Ctrl-C must not cut the path from intent to recorded answer. A
-    # stop gives it a deadline (the grace period), an abort cancels it.
-    with anyio.CancelScope(shield=True) as shield:
-        run.shields.add(shield)
-        try:
-            await _send(run, task)
-        finally:
-            run.shields.discard(shield)
-            run.reserved -= row.price
-    if shield.cancel_called and task.phase != "settled":
-        with anyio.CancelScope(shield=True):
-            await _interrupted(run, task)
+    async with contextlib.AsyncExitStack() as stack:  # holds a stream open, if any
+        # Shielded: a Ctrl-C must not cut the path from intent to recorded answer. A
+        # stop gives it a deadline (the grace period), an abort cancels it.
+        with anyio.CancelScope(shield=True) as shield:
+            run.shields.add(shield)
+            try:
+                stream = await _send(run, task, stack)
+            finally:
+                run.shields.discard(shield)
+                run.reserved -= row.price
+        if shield.cancel_called and task.phase != "settled":
+            with anyio.CancelScope(shield=True):
+                await _interrupted(run, task)
+        elif stream is not None:
+            await _follow(run, task, *stream)
 
 
 async def _interrupted(run: RunState, task: InFlight) -> None:
@@ -117,9 +127,23 @@ async def _interrupted(run: RunState, task: InFlight) -> None:
     run.settle(task)
 
 
-async def _send(run: RunState, task: InFlight) -> None:
+def _streams(run: RunState, task: InFlight) -> bool:
+    """Whether this submission streams: one request per image, no polls."""
+    reply = run.limits.reply
+    if task.row.endpoint != "generate" or reply == "async":
+        return False
+    return reply == "stream" or run.limit.polls_counted is True
+
+
+Stream = tuple[AsyncIterator[TaskInfo], TaskInfo]
+
+
+async def _send(run: RunState, task: InFlight, stack: contextlib.AsyncExitStack) -> Stream | None:
+    """Commit the intent, send, commit the answer. A stream is returned open, with its
+    first frame, once its task id is committed."""
     row = task.row
     attempt = task.attempts + 1
+    streaming = _streams(run, task)
     task.phase = "intent"
     await run.ledger.write(
         Transition(row.key, TaskState.SUBMITTING, attempts=attempt, detail=f"attempt {attempt}")
@@ -127,19 +151,34 @@ async def _send(run: RunState, task: InFlight) -> None:
     task.attempts = attempt
     run.snap.submitted += 1
     run.update()
+    stream: Stream | None = None
     try:
         body = run.materialize(row.request)
         task.phase = "sent"
         task.sent_mono = anyio.current_time()
-        result = await run.client.submit(row.endpoint, body)
-    except BatchgenError as exc:
+        if streaming:
+            frames = await stack.enter_async_context(run.client.generate_stream(body))
+            first = await anext(frames)
+            stream = (frames, first)
+            result: Submission | ImagesResult = Submission(task_id=first.id, status=first.status)
+        else:
+            result = await run.client.submit(row.endpoint, body)
+    except BaseException as exc:
+        if not isinstance(exc, BatchgenError):  # cancelled: it may have landed
+            run.throttle.on_abandoned(task.permit, UNKNOWN)
+            raise
         task.phase = "answered"
-        run.throttle.on_abandoned()
+        if not isinstance(exc, RateLimitError):  # a 429 tells the throttle more (policy)
+            run.throttle.on_abandoned(task.permit, outcome_of(exc))
         await submission_failed(run, task, exc)
+        task.permit = None
         task.phase = "settled"
-        return
+        return None
     task.phase = "answered"
-    run.throttle.on_success(task.sent_mono)
+    # A stream counts at the gateway when it ends: its slot stays taken until then.
+    run.throttle.on_success(task.sent_mono, task.permit, hold=streaming)
+    if not streaming:
+        task.permit = None
     run.business_streak = ("", 0)
     run.charge(task)
     run.snap.accepted += 1
@@ -155,13 +194,45 @@ async def _send(run: RunState, task: InFlight) -> None:
                 submitted_at=time.time(),
                 error_code=None,
                 error_message=None,
-                detail=f"remote id {result.task_id}",
+                detail=f"remote id {result.task_id}" + (" (stream)" if streaming else ""),
             )
         )
         task.phase = "settled"
         run.update()
-        run.schedule(first_poll_delay(run), "poll", task)
-        return
+        if stream is None:
+            run.schedule(first_poll_delay(run), "poll", task)
+        return stream
     assert isinstance(result, ImagesResult)
     await generated(run, task, result.images, remote_id=None)
     task.phase = "settled"
+    return None
+
+
+async def _follow(
+    run: RunState, task: InFlight, frames: AsyncIterator[TaskInfo], info: TaskInfo
+) -> None:
+    """Read a stream to its last frame; a stream cut short falls back to polling."""
+    try:
+        while not info.status.terminal:
+            task.last_running = (anyio.current_time() - task.submitted_mono, info.progress)
+            info = await anext(frames)
+    except BatchgenError as exc:
+        # Cut (or garbled) after the id was recorded: the task may still be running.
+        run.throttle.on_stream_end(task.permit)
+        task.permit = None
+        log.debug("stream of %s ended early (%s): polling it", task.remote_id, exc.code)
+        run.schedule(next_poll_delay(run, task, None), "poll", task)
+        return
+    except BaseException:
+        # A stop: the task runs on at the service. Polled by this run when it drains,
+        # else by the next run (it is ``running`` in the ledger with its id).
+        run.throttle.on_stream_end(task.permit)
+        task.permit = None
+        if run.draining:
+            run.schedule(0.0, "poll", task)
+        else:
+            run.settle(task)
+        raise
+    run.throttle.on_stream_end(task.permit)
+    task.permit = None
+    await task_ended(run, task, info, exact=True)

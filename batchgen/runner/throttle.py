@@ -22,8 +22,11 @@ import random
 
 import anyio
 
+from batchgen.errors import StatedLimit
 from batchgen.runner.discovery import RateEstimator
 from batchgen.runner.pacing import BackoffPolicy, Clock, ParkedError, TokenBucket, full_jitter
+from batchgen.runner.service_limit import POLL, SUBMIT, ServiceLimit
+from batchgen.runner.window import REFUSED, SUCCESS, Permit
 
 __all__ = ["Throttle"]
 
@@ -58,8 +61,12 @@ class Throttle:
         max_pause: float = 600.0,
         rng: random.Random | None = None,
         clock: Clock | None = None,
+        limit: ServiceLimit | None = None,
+        kind: str = SUBMIT,
     ) -> None:
         self._clock: Clock = clock or anyio.current_time
+        self.limit = limit
+        self.kind = kind
         self._rng = rng or random.Random()
         self.backoff = backoff or BackoffPolicy()
         self.breaker_backoff = breaker_backoff or BackoffPolicy(base=1.0, cap=20.0)
@@ -81,6 +88,7 @@ class Throttle:
         self.rate_limited = 0
         self._probing = False
         self._changed = anyio.Event()
+        self._windowed = False  # the service's window paces these requests now
 
     @property
     def rate_per_minute(self) -> float | None:
@@ -113,36 +121,93 @@ class Throttle:
                 continue
             return
 
-    async def acquire(self) -> None:
-        """Wait for the cooldown, the breaker and a token; cancellation gives it back."""
+    async def acquire(self) -> Permit | None:
+        """Wait for the cooldown, the breaker and a token, or a slot of the service's
+        window when it has one (returned: settle it with the answer, see
+        :mod:`.window`); cancellation gives either back."""
         await self._wait_clear()
-        while True:
-            epoch = self.bucket.epoch
-            wait = self.bucket.reserve()
-            if wait > 0:
-                try:
-                    await anyio.sleep(wait)
-                except BaseException:
-                    self.bucket.refund()
-                    raise
-            # A 429 seen by another caller while we slept pauses us too.
-            await self._wait_clear()
-            if self.bucket.epoch == epoch:
-                break
-            # The rate was lowered meanwhile: our slot was priced at the old rate, and
-            # every caller sent on it would be an answer the service refuses.
+        permit = await self._window_slot()
+        try:
+            while True:
+                epoch = self.bucket.epoch
+                wait = self.bucket.reserve()
+                if wait > 0:
+                    try:
+                        await anyio.sleep(wait)
+                    except BaseException:
+                        self.bucket.refund()
+                        raise
+                # A 429 seen by another caller while we slept pauses us too.
+                await self._wait_clear()
+                if self.bucket.epoch == epoch:
+                    break
+                # The rate was lowered meanwhile: our slot was priced at the old rate, and
+                # every caller sent on it would be an answer the service refuses.
+            await self._total_token()
+        except BaseException:
+            if permit is not None:
+                permit.settle(REFUSED)
+            raise
         if self.breaker_open:
             self._probing = True
+        if self.kind == POLL and self.limit is not None:
+            self.limit.poll_sent()
+        return permit
+
+    async def _window_slot(self) -> Permit | None:
+        limit = self.limit
+        if limit is None:
+            return None
+        if self.kind == POLL:
+            while not limit.poll_may_go():  # a poll probe is out: wait for its answer
+                await self._changed.wait()
+        window = limit.window_for(self.kind)
+        if window is None:
+            return None
+        self._use_window()
+        return await window.acquire(priority=self.kind == POLL)
+
+    async def _total_token(self) -> None:
+        total = self.limit.total if self.limit is not None else None
+        if total is not None and (wait := total.reserve()) > 0:
+            try:
+                await anyio.sleep(wait)
+            except BaseException:
+                total.refund()
+                raise
+
+    @property
+    def windowed(self) -> bool:
+        """Whether the service's own window paces these requests (no guessing)."""
+        return self.limit is not None and self.limit.window_for(self.kind) is not None
+
+    def _use_window(self) -> None:
+        """The service's window paces from now on: rate discovery has nothing to find."""
+        if not self._windowed:
+            self._windowed = True
+            self.estimator = None
+            self.bucket.set_rate(None)
 
     def _settle(self) -> None:
         if self._probing:
             self._probing = False
             self._notify()
 
-    def on_success(self, sent_at: float | None = None) -> None:
+    def on_success(
+        self,
+        sent_at: float | None = None,
+        permit: Permit | None = None,
+        *,
+        hold: bool = False,
+        record: bool = True,
+    ) -> None:
         """An accepted request: close the breaker, reset backoff, feed the estimator.
 
         ``sent_at`` is when the request left (this throttle's clock), when known.
+        ``permit`` is the window slot it held: settled now, unless ``hold`` (a stream,
+        which the gateway records when it ends: call :meth:`on_stream_end` then).
+        ``record=False``: the service answered (it is up) with an error whose slot was
+        already settled (:meth:`on_abandoned`); only the breaker learns from it.
         """
         self.consecutive_limited = 0
         if self.consecutive_failures:
@@ -154,10 +219,37 @@ class Throttle:
             rate = self.estimator.on_accepted(sent_at)
             if rate is not None:
                 self.bucket.set_rate(rate)
+        if record and not hold:
+            self._recorded(permit)
 
-    def on_abandoned(self) -> None:
-        """The caller acquired but never learned the outcome (cancelled)."""
+    def on_stream_end(self, permit: Permit | None) -> None:
+        """A stream accepted earlier (``on_success(hold=True)``) ended: now it counts."""
+        self._recorded(permit)
+
+    def _recorded(self, permit: Permit | None) -> None:
+        limit = self.limit
+        if limit is None:
+            return
+        limit.record_success(self.kind)
+        if permit is not None:
+            permit.settle(SUCCESS)
+        elif (window := limit.window_for(self.kind)) is not None:
+            window.observe(self._clock())  # sent before the window was known
+        self._notify()
+
+    def on_abandoned(self, permit: Permit | None = None, outcome: str = REFUSED) -> None:
+        """The caller acquired but never learned the outcome (cancelled), did not send
+        at all, or got an answer other than a success: its window slot (if any) is
+        settled as ``outcome`` (:func:`.window.outcome_of`)."""
         self._settle()
+        if permit is not None:
+            permit.settle(outcome)
+        if self.limit is not None:
+            if outcome == SUCCESS:  # an answer below 400 that is still an error
+                self.limit.record_success(self.kind)
+            if self.kind == POLL:
+                self.limit.poll_failed()
+        self._notify()
 
     def pause_for(self, retry_after: float | None) -> float:
         """The pause a 429 calls for: ``Retry-After`` if given, else full jitter.
@@ -174,15 +266,45 @@ class Throttle:
             policy = BackoffPolicy(base=min(policy.base, max(0.05, 1.0 / rate)), cap=policy.cap)
         return full_jitter(policy, self.consecutive_limited, self._rng)
 
-    def on_rate_limited(self, retry_after: float | None, sent_at: float | None = None) -> float:
+    def on_rate_limited(
+        self,
+        retry_after: float | None,
+        sent_at: float | None = None,
+        *,
+        limit: StatedLimit | None = None,
+        empty: bool = False,
+        server: str | None = None,
+        permit: Permit | None = None,
+    ) -> float:
         """A 429: pause every caller, adjust the rate. Returns the pause in seconds.
 
-        Raises ParkedError when the service asks for longer than ``max_pause``.
+        ``limit``, ``empty`` and ``server`` are what the answer says of the service's
+        limiter (see :class:`~batchgen.errors.RateLimitError`); when it is the
+        gateway's, the shared :class:`.service_limit.ServiceLimit` learns from it and
+        its window paces from then on. Raises ParkedError when the service asks for
+        longer than ``max_pause``.
         """
         self.rate_limited += 1
         self._settle()
+        if permit is not None:
+            permit.settle(REFUSED)  # the gateway records only answers below 400
+        if self.kind == POLL and self.limit is not None:
+            self.limit.poll_failed()
+        self._notify()
         if retry_after is not None and retry_after > self.max_pause:
             raise ParkedError(retry_after)
+        if self.limit is not None:
+            pause = self.limit.learn(
+                self.kind, limit=limit, empty=empty, server=server, retry_after=retry_after
+            )
+            if pause is not None:
+                if self.limit.window_for(self.kind) is not None:
+                    self._use_window()
+                if pause > self.max_pause:
+                    raise ParkedError(pause)
+                self.paused_until = max(self.paused_until, self._clock() + pause)
+                self._notify()
+                return pause
         if self.estimator is not None:
             rate = self.estimator.on_rate_limited(sent_at)
             if rate is not None:

@@ -8,6 +8,7 @@ an error calls for is decided in :mod:`.policy`; the success paths live in their
 
 from __future__ import annotations
 
+import json
 import time
 
 from batchgen.api.responses import ResultImage
@@ -17,15 +18,20 @@ from batchgen.runner.pacing import BackoffPolicy, full_jitter
 from batchgen.runner.state import InFlight, RunState
 
 __all__ = [
+    "LIMIT_META",
     "back_to_pending",
     "block_model",
     "fail",
     "generated",
     "park",
     "regenerate",
+    "remember_limit",
     "resubmit_after_failure",
     "to_unknown",
 ]
+
+#: Where the ledger keeps what the service said of its limit, for the next run.
+LIMIT_META = "service_limit"
 
 
 async def back_to_pending(
@@ -228,3 +234,16 @@ async def regenerate(run: RunState, task: InFlight, message: str) -> None:
         return
     run.snap.retried += 1
     run.queue.put_retry(task)
+
+
+async def remember_limit(run: RunState) -> None:
+    """Keep what the run learnt of the service's limit in the ledger (when it changed),
+    so the next run of the job paces to it from its first request."""
+    limit = run.limit
+    if limit.version == run.limit_saved:
+        return
+    run.limit_saved = limit.version
+    meta = limit.to_meta()
+    if meta is not None:
+        meta["base_url"] = run.client.base_url
+        await run.ledger.set_meta(LIMIT_META, json.dumps(meta, sort_keys=True))

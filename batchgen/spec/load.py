@@ -71,6 +71,7 @@ class Spec:
     output_dir: Path
     layout: str
     endpoint: str
+    reply: str
     base_url: str
     limits: Limits
     prices: Mapping[str, float]
@@ -297,6 +298,12 @@ def _resolve(
             "the images route takes no reference images: use generate or nano-banana "
             "for image-to-image",
         )
+    if model.api.reply == "stream" and model.api.endpoint != "generate":
+        ctx.error(
+            ("api", "reply"),
+            f"reply: stream is for the generate route; {model.api.endpoint} answers"
+            " with a task id to poll (use reply: async or auto)",
+        )
     defaults = TaskDefaults(
         model=model.model,
         aspect_ratio=model.aspect_ratio,
@@ -352,6 +359,7 @@ def _resolve(
         output_dir=output_dir,
         layout=model.layout,
         endpoint=model.api.endpoint,
+        reply=model.api.reply,
         base_url=base_url,
         limits=limits,
         prices=prices,

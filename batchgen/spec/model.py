@@ -197,6 +197,15 @@ class ApiModel(BaseModel):
         description="Service URL (default https://cobabaai.com/v1); COBABA_BASE_URL and "
         "--base-url override it.",
     )
+    reply: Literal["auto", "async", "stream"] = Field(
+        default="auto",
+        description=(
+            "How the generate route answers. async: a task id at once, then polls; "
+            "stream: progress frames on one connection, one request per image (no polls); "
+            "auto (default): async, switching to stream once the service shows that it "
+            "counts polls against its rate limit."
+        ),
+    )
 
 
 class Limits(BaseModel):

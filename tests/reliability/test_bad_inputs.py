@@ -13,7 +13,7 @@ import yaml
 
 from batchgen.errors import BatchgenError, SpecError
 from batchgen.output.tree import _WINDOWS_RESERVED
-from batchgen.runner.job import _new_tasks
+from batchgen.runner.startup import new_tasks
 from batchgen.spec.load import load_spec
 from tests.reliability.harness import (
     CANARY_SCAN,
@@ -164,7 +164,7 @@ def test_hostile_values_are_made_safe(tmp_path: Path, procs: Processes) -> None:
     before = _tree(sandbox)
     started = time.monotonic()
     loaded = load_spec(spec_path)
-    paths = [t.layout_path for t in _new_tasks(loaded)]
+    paths = [t.layout_path for t in new_tasks(loaded)]
     seconds = time.monotonic() - started
     assert len(paths) == len(HOSTILE_VALUES) == len(set(paths))
     result = run_cli(

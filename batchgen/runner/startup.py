@@ -1,0 +1,145 @@
+"""The start of a run: what the last one left, the spec's tasks, the files on disk.
+
+Before the stages start, :func:`startup` turns rows a crashed run left ``submitting``
+into ``unknown`` (they may have been charged), syncs the spec's tasks into the ledger
+(adopting the last sync when the spec did not change), applies the unknown-task
+policy, sends finished tasks whose file is gone back to download, and removes the
+partial files a killed run left. :func:`remembered_limit` gives the run what an
+earlier one learnt of the service's rate limit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from batchgen.ledger.schema import NewTask, TaskState, Transition
+from batchgen.ledger.store import Ledger
+from batchgen.output.fetch import PART_SUFFIX
+from batchgen.output.tree import layout_relpath
+from batchgen.runner.pipeline import Pipeline
+from batchgen.runner.progress import ProgressHook
+from batchgen.runner.transitions import LIMIT_META
+from batchgen.spec.load import Spec
+from batchgen.spec.matrix import expand
+
+__all__ = ["new_tasks", "remembered_limit", "startup"]
+
+
+def new_tasks(spec: Spec) -> Iterator[NewTask]:
+    """The spec's planned tasks as the ledger stores them (with their file paths)."""
+    for task in expand(spec):
+        fields: dict[str, object] = dict(task.vars)
+        fields.update(
+            prompt=task.prompt,
+            model=task.model,
+            aspect_ratio=task.aspect_ratio,
+            image_size=task.image_size,
+            variant=task.variant,
+            index=task.index,
+        )
+        yield NewTask(
+            key=task.key,
+            seq=task.index,
+            endpoint=task.endpoint,
+            model=task.model,
+            prompt=task.prompt,
+            request=task.request,
+            vars=task.vars,
+            layout_path=layout_relpath(spec.layout, fields, key=task.key),
+            price=task.price,
+        )
+
+
+async def startup(ledger: Ledger, spec: Spec, *, resubmit_unknown: bool, hook: ProgressHook) -> int:
+    """Recover, sync, verify files. Returns how many tasks a previous run left unknown."""
+    recovered = await ledger.bulk_set_state(
+        from_states=[TaskState.SUBMITTING],
+        to_state=TaskState.UNKNOWN,
+        detail="a run stopped between sending and recording the answer",
+        error=("interrupted", "the run stopped before the answer was recorded"),
+    )
+    if recovered:
+        hook.on_message(
+            "warning",
+            f"{recovered} task(s) were being submitted when the last run stopped: marked"
+            " unknown (they may have been charged); `batchgen retry SPEC --unknown` resubmits",
+        )
+    digest, known = await ledger.last_synced()
+    if not (digest == spec.digest and known is not None and await ledger.adopt_last_sync()):
+        added, seen = await ledger.sync(new_tasks(spec))
+        if added and added != seen:
+            hook.on_message("info", f"the spec adds {added} new task(s) to this job")
+    missing = await ledger.count_not_in_run()
+    if missing:
+        hook.on_message(
+            "info", f"{missing} task(s) in the ledger are no longer in the spec: left alone"
+        )
+    if resubmit_unknown or spec.limits.resubmit_unknown:
+        count = await ledger.bulk_set_state(
+            from_states=[TaskState.UNKNOWN],
+            to_state=TaskState.PENDING,
+            detail="resubmit unknown (policy)",
+            in_run=True,
+        )
+        if count:
+            hook.on_message("warning", f"resubmitting {count} unknown task(s) (policy)")
+    await _verify_files(ledger, Path(spec.output_dir), hook)
+    _clean_partials(Path(spec.output_dir))
+    return missing
+
+
+async def _verify_files(ledger: Ledger, root: Path, hook: ProgressHook) -> None:
+    """Send done tasks whose file is missing or has the wrong size back to download."""
+    redo: list[Transition] = []
+    async for key, files in ledger.done_files():
+        for entry in files:
+            path = root / str(entry.get("path", ""))
+            try:
+                ok = path.stat().st_size == entry.get("bytes")
+            except OSError:
+                ok = False
+            if not ok:
+                redo.append(
+                    Transition(
+                        key, TaskState.DOWNLOADING, detail=f"file missing or damaged: {path.name}"
+                    )
+                )
+                break
+    if redo:
+        await ledger.write(*redo)
+        hook.on_message(
+            "warning", f"{len(redo)} finished file(s) are missing or damaged: downloading again"
+        )
+
+
+def _clean_partials(root: Path) -> None:
+    """Remove ``*.part`` files a killed run left behind (their task is not done)."""
+    if not root.exists():
+        return
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            if name.endswith(PART_SUFFIX) and name.startswith("."):
+                Path(dirpath, name).unlink(missing_ok=True)
+
+
+async def remembered_limit(
+    ledger: Ledger, pipeline: Pipeline, base_url: str, hook: ProgressHook
+) -> None:
+    """Start from the limit an earlier run learnt of this service, if any."""
+    text = await ledger.get_meta(LIMIT_META)
+    if not text:
+        return
+    try:
+        meta = json.loads(text)
+    except ValueError:
+        return
+    if not isinstance(meta, dict) or meta.get("base_url") != base_url:
+        return
+    limit = pipeline.state.limit
+    limit.remember(meta)
+    pipeline.state.limit_saved = limit.version
+    if described := limit.describe():
+        hook.on_message("info", f"pacing to the service's limit an earlier run learnt: {described}")
