@@ -4,10 +4,11 @@ Hand-written routing over a dict (``path -> method -> handler``) keeps a small J
 request to a few dozen microseconds of Python, which is what lets one process answer
 well over a thousand polls a second. Handlers answer by sending, or by raising
 :class:`Reply` (any early exit: errors, 429s, business errors), which the dispatcher
-turns into one response. A deliberate connection drop sends ``http.response.start`` and
-raises :class:`ConnectionDrop`: uvicorn then closes the transport, so the client sees a
-lost connection, not an error status; :func:`quiet_deliberate_drops` keeps uvicorn from
-printing a traceback for it.
+turns into one response (its body written for the request and the configured wire by
+:func:`~batchgen.sim.gateway.body_of`; 429s counted by route). A deliberate connection
+drop sends ``http.response.start`` and raises :class:`ConnectionDrop`: uvicorn then
+closes the transport, so the client sees a lost connection, not an error status;
+:func:`quiet_deliberate_drops` keeps uvicorn from printing a traceback for it.
 
 This module owns the ASGI entry, the lifespan and the route table. The handlers are in
 route groups over one shared :class:`~batchgen.sim.service.Service` (time, drops,
@@ -25,6 +26,7 @@ from typing import Any
 from batchgen.sim.admin_routes import AdminRoutes
 from batchgen.sim.config import SimConfig
 from batchgen.sim.files import FileHost
+from batchgen.sim.gateway import body_of
 from batchgen.sim.images import DEFAULT_CACHE_BYTES, ImageCache
 from batchgen.sim.openai_routes import OpenAIRoutes
 from batchgen.sim.service import Handler, Service
@@ -62,12 +64,12 @@ class SimApp:
             "/v1/api/generate": {"POST": api(tasks.generate)},
             "/v1/draw/nano-banana": {"POST": api(tasks.draw)},
             "/v1/draw/completions": {"POST": api(tasks.draw)},
-            "/v1/draw/result": {"POST": api(tasks.result)},
+            "/v1/draw/result": {"POST": api(tasks.result, poll=True)},
             "/v1/images/generations": {"POST": api(openai.images_generations)},
             "/v1/chat/completions": {"POST": api(openai.chat)},
             "/api/user/playground/api/generate": {"POST": play(tasks.generate)},
             "/api/user/playground/draw/nano-banana": {"POST": play(tasks.draw)},
-            "/api/user/playground/draw/result": {"POST": play(tasks.result)},
+            "/api/user/playground/draw/result": {"POST": play(tasks.result, poll=True)},
             "/client/common/getCredits": {"GET": admin.credits},
             "/client/common/getModelStatus": {"GET": admin.model_status},
             "/_sim/config": {"GET": admin.get_config, "POST": admin.set_config},
@@ -104,9 +106,13 @@ class SimApp:
         else:
             server = scope.get("server") or ("127.0.0.1", 80)
             origin = f"http://{server[0]}:{server[1]}"
+        config = state.config
+        stamp: tuple[tuple[bytes, bytes], ...] = ()
+        if config.wire == "gateway":
+            stamp = ((b"x-new-api-version", config.api_version.encode()),)
         req = Request(
             method, path, scope.get("query_string", b""), headers, receive, send,
-            state.next_request_id().encode(), origin,
+            state.next_request_id().encode(), origin, stamp,
         )  # fmt: skip
         methods = self._routes.get(path)
         handler: Handler | None
@@ -125,7 +131,11 @@ class SimApp:
         try:
             await handler(req)
         except Reply as reply:
-            await req.respond(reply.status, reply.body, reply.headers)
+            if reply.status == 429:
+                state.count_rate_limited(label)
+            rid, language = req.request_id.decode(), req.header(b"accept-language")
+            body = body_of(reply, rid, language, config.wire)
+            await req.respond(reply.status, body, reply.headers)
         except ClientGone:
             return
 

@@ -3,7 +3,9 @@
 :class:`SimConfig` is read by the simulator at every request, so changing a field of a
 running simulator's config (from Python, or with ``POST /_sim/config``) changes its
 behaviour at once. :func:`configure_parser` and :func:`config_from_args` map the
-``batchgen sim`` options onto the fields one to one.
+``batchgen sim`` options onto the fields one to one; ``--profile gateway`` (and
+:func:`gateway_profile`) starts from a preset "like the real service" that explicit
+options then override. The checks of single values live in :mod:`.values`.
 """
 
 from __future__ import annotations
@@ -11,19 +13,34 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from batchgen.api.catalog import DEFAULT_PRICES
+from batchgen.sim.values import (
+    coerce,
+    count,
+    given,
+    mask_key,
+    non_negative,
+    pair,
+    positive,
+    price,
+    probability,
+    tracked,
+)
 
-__all__ = ["SimConfig", "config_from_args", "configure_parser"]
+__all__ = ["PROFILES", "SimConfig", "config_from_args", "configure_parser", "gateway_profile"]
 
 StatusStyle = Literal["lower", "upper", "success"]
 NotFoundStyle = Literal["404", "code-22"]
 RetryAfterFormat = Literal["seconds", "date"]
+Limiter = Literal["bucket", "gateway"]
+Wire = Literal["sim", "gateway"]
+
+_GATEWAY_FIELDS = ("gateway_limit", "gateway_window", "gateway_total", "gateway_polls")
 
 
 def _default_prices() -> dict[str, float]:
@@ -45,10 +62,16 @@ class SimConfig:
     port: int = 8787
     #: API keys accepted in ``Authorization: Bearer``; removing one revokes it at once.
     keys: list[str] = field(default_factory=lambda: ["sk-sim"])
-    #: Models every key is refused (403 ``token_model_forbidden``).
+    #: Models every key is refused (403 ``token_model_forbidden``; gateway wire: code "").
     forbid: list[str] = field(default_factory=list)
     #: Models with no channel right now (503 ``model_not_found``).
     down: list[str] = field(default_factory=list)
+    #: Models with a channel but no price (400 ``model_price_error``).
+    unpriced: list[str] = field(default_factory=list)
+    #: Keys refused as if called from outside their IP whitelist (403 ``access_denied``).
+    ip_blocked: list[str] = field(default_factory=list)
+    #: The user group the gateway wire's "no channel" message names.
+    group: str = "default"
     #: Mean task duration; each task takes ``latency`` x uniform(0.75, 1.25), x1.25 at 2K
     #: and x1.5 at 4K.
     latency: float = 2.0
@@ -71,6 +94,21 @@ class SimConfig:
     retry_after_value: float | None = None
     #: Answer 429s with an empty body instead of the error envelope.
     empty_429: bool = False
+    #: ``bucket``: the ``rpm``/``burst``/``poll_rpm`` token buckets above. ``gateway``:
+    #: new-api's limiter (the ``gateway_*`` fields, per account; no Retry-After ever),
+    #: and the buckets do not apply.
+    limiter: Limiter = "bucket"
+    #: Gateway limiter: at most this many successful (status < 400) requests per
+    #: account in any ``gateway_window``, a sliding log recorded when each answer ends;
+    #: 0 = no success limit.
+    gateway_limit: int = 60
+    #: Gateway limiter: the window in seconds (the real gateway's are whole minutes).
+    gateway_window: float = 60.0
+    #: Gateway limiter: every attempt (failures too) takes a token of a bucket of this
+    #: many that gives one back every ``gateway_window`` / N seconds; 0 = off.
+    gateway_total: int = 0
+    #: Gateway limiter: whether polls (``/draw/result``) are checked and recorded too.
+    gateway_polls: bool = False
     #: Probability that a submission gets 429 ``rate_limit_exceeded`` ("upstream busy").
     busy_rate: float = 0.0
     #: Probability that a submission gets 500 or 502 ``upstream_error`` (not charged).
@@ -94,6 +132,8 @@ class SimConfig:
     prices: dict[str, float] = field(default_factory=_default_prices)
     #: Starting balance of each key (and playground user).
     credits: float = 5000.0
+    #: Each key's own spending cap (charges minus refunds); None = unlimited.
+    token_quota: float | None = None
     #: Answer ``replyType: async`` inside ``{"code", "msg", "data"}`` instead of flat.
     wrap_async: bool = False
     #: Put one ``url`` on the result instead of a ``results`` list.
@@ -108,6 +148,12 @@ class SimConfig:
     result_url_template: str | None = None
     #: Playground sessions: cookie ``session=<key>`` value -> the user id it logs in.
     sessions: dict[str, str] = field(default_factory=lambda: {"sim-session": "1"})
+    #: Error bodies and ids: ``sim`` (the seed's codes, bilingual messages) or
+    #: ``gateway`` (new-api's codes, English or Accept-Language Chinese messages ending
+    #: in the request id, its request-id format and ``X-New-Api-Version``).
+    wire: Wire = "sim"
+    #: ``X-New-Api-Version`` of the gateway wire.
+    api_version: str = "v0.10.4"
 
     def effective_burst(self) -> float:
         """The submission bucket's capacity: ``burst`` or max(1, rpm/60)."""
@@ -134,19 +180,33 @@ class SimConfig:
                 raise ValueError(f"{name} must be a finite number >= 0, not {value!r}")
         if self.burst is not None and not (math.isfinite(self.burst) and self.burst >= 1):
             raise ValueError(f"burst must be >= 1, not {self.burst!r}")
+        for name in ("gateway_limit", "gateway_total"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, not {getattr(self, name)!r}")
+        if not (math.isfinite(self.gateway_window) and self.gateway_window > 0):
+            raise ValueError(f"gateway_window must be > 0, not {self.gateway_window!r}")
+        quota = self.token_quota
+        if quota is not None and not (math.isfinite(quota) and quota >= 0):
+            raise ValueError(f"token_quota must be a finite number >= 0, not {quota!r}")
+        for name in ("group", "api_version"):
+            text = getattr(self, name)
+            if not (text and text.isascii() and text.isprintable()):
+                raise ValueError(f"{name} must be printable ASCII, not {text!r}")
         if self.retry_after_value is not None and not self.retry_after_value >= 0:
             raise ValueError("retry_after_value must be >= 0")
         if not (math.isfinite(self.image_scale) and 0 < self.image_scale <= 4):
             raise ValueError(f"image_scale must be in (0, 4], not {self.image_scale!r}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0..65535, not {self.port!r}")
-        for model, price in self.prices.items():
-            if not (math.isfinite(price) and price >= 0):
-                raise ValueError(f"price of {model!r} must be >= 0, not {price!r}")
+        for model, amount in self.prices.items():
+            if not (math.isfinite(amount) and amount >= 0):
+                raise ValueError(f"price of {model!r} must be >= 0, not {amount!r}")
         for name, allowed in (
             ("status_style", typing.get_args(StatusStyle)),
             ("not_found_style", typing.get_args(NotFoundStyle)),
             ("retry_after_format", typing.get_args(RetryAfterFormat)),
+            ("limiter", typing.get_args(Limiter)),
+            ("wire", typing.get_args(Wire)),
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}")
@@ -168,13 +228,14 @@ class SimConfig:
             raise ValueError(f"unknown config field(s): {', '.join(unknown)}")
         candidate = dataclasses.replace(self)
         for name, value in changes.items():
-            setattr(candidate, name, _coerce(name, hints[name], value))
+            setattr(candidate, name, coerce(name, hints[name], value))
         candidate.validate()
         for f in dataclasses.fields(self):
             setattr(self, f.name, getattr(candidate, f.name))
 
     def to_json(self) -> dict[str, object]:
-        """The config as a JSON object, with API keys masked (``sk-***`` + last 4)."""
+        """The config as a JSON object, with API keys masked (``sk-***`` + last 4), in
+        ``keys`` and ``ip_blocked``."""
         data: dict[str, object] = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
@@ -184,143 +245,112 @@ class SimConfig:
                 value = dict(value)
             data[f.name] = value
         data["keys"] = [mask_key(k) for k in self.keys]
+        data["ip_blocked"] = [mask_key(k) for k in self.ip_blocked]
         # Session cookies are credentials too.
         data["sessions"] = {"***" + s[-4:]: user for s, user in self.sessions.items()}
         return data
 
     def summary(self) -> str:
-        """One line naming the active limits, faults and protocol variants."""
+        """One line naming the active limiter, limits, faults and protocol variants."""
         default = SimConfig()
-        parts = [f"latency={self.latency:g}s", f"seed={self.seed}"]
+        parts = [f"latency={self.latency:g}s", f"seed={self.seed}", self.limiter_summary()]
+        skip = {"host", "port", "keys", "latency", "seed", "sessions", "prices", "limiter"}
+        skip.add("ip_blocked")  # keys: counted below, never shown
+        skip.update(_GATEWAY_FIELDS)
+        if self.limiter == "gateway":
+            skip.update(("rpm", "burst", "poll_rpm"))
         for f in dataclasses.fields(self):
-            if f.name in ("host", "port", "keys", "latency", "seed", "sessions", "prices"):
+            if f.name in skip:
                 continue
             value = getattr(self, f.name)
             if value != getattr(default, f.name):
                 parts.append(f"{f.name}={value}")
         if self.prices != default.prices:
             parts.append(f"prices={len(self.prices)} models")
+        if self.ip_blocked:
+            parts.append(f"ip_blocked={len(self.ip_blocked)} keys")
         parts.append(f"keys={len(self.keys)}")
         return "sim: " + " ".join(parts)
 
+    def limiter_summary(self) -> str:
+        """``limiter=bucket``, or e.g. ``limiter=gateway(60/60s,total=100,polls=free)``."""
+        if self.limiter == "bucket":
+            return "limiter=bucket"
+        parts = [f"{self.gateway_limit or 'unlimited'}/{self.gateway_window:g}s"]
+        if self.gateway_total:
+            parts.append(f"total={self.gateway_total}")
+        parts.append("polls=counted" if self.gateway_polls else "polls=free")
+        return f"limiter=gateway({','.join(parts)})"
 
-def mask_key(key: str) -> str:
-    """``sk-***`` plus the last 4 characters, or just ``sk-***`` for a short key."""
-    return "sk-***" + key[-4:] if len(key) >= 12 else "sk-***"
+
+#: The presets of ``batchgen sim --profile``: field values that options given override.
+PROFILES: dict[str, dict[str, object]] = {
+    "gateway": {
+        "limiter": "gateway",
+        "gateway_limit": 60,
+        "gateway_window": 60.0,
+        "wire": "gateway",
+        "retry_after": False,
+    },
+}
 
 
-def _coerce(name: str, hint: object, value: object) -> object:
-    """Check that the JSON ``value`` fits the field type ``hint``; return it converted."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (types.UnionType, typing.Union):
-        if value is None:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(name, inner, value)
-    if origin is Literal:
-        if value not in args:
-            raise ValueError(f"{name} must be one of {', '.join(map(str, args))}")
-        return value
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ValueError(f"{name} must be true or false")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"{name} must be a number")
-        return float(value)
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{name} must be an integer")
-        return value
-    if hint is str:
-        if not isinstance(value, str):
-            raise ValueError(f"{name} must be a string")
-        return value
-    if origin is list:
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ValueError(f"{name} must be a list of strings")
-        return list(value)
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ValueError(f"{name} must be an object")
-        return {str(k): _coerce(f"{name}.{k}", args[1], v) for k, v in value.items()}
-    raise ValueError(f"{name} cannot be changed")  # pragma: no cover - every field is handled
+def gateway_profile(**overrides: Any) -> SimConfig:
+    """A config "like the real service": new-api's limiter (60 successes a minute per
+    account, polls free) and error bodies, no Retry-After; ``overrides`` win.
+
+    Raises ValueError (or TypeError for an unknown field) like :class:`SimConfig`.
+    """
+    config = dataclasses.replace(SimConfig(), **{**PROFILES["gateway"], **overrides})
+    config.validate()
+    return config
 
 
 # --- command line ------------------------------------------------------------------------
 
 
-def _pair(text: str) -> tuple[str, str]:
-    name, sep, value = text.partition("=")
-    if not sep or not name or not value:
-        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
-    return name, value
-
-
-def _price(text: str) -> tuple[str, float]:
-    model, value = _pair(text)
-    try:
-        amount = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"bad price {value!r} for {model}") from None
-    if not (math.isfinite(amount) and amount >= 0):
-        raise argparse.ArgumentTypeError(f"price of {model} must be >= 0")
-    return model, amount
-
-
-def _probability(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1: {text}")
-    return value
-
-
-def _non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"must be a number >= 0: {text}")
-    return value
-
-
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    """Add every ``batchgen sim`` option to ``parser``; each dest is a SimConfig field."""
+    """Add every ``batchgen sim`` option to ``parser``; each dest is a SimConfig field,
+    but ``--profile``'s (a preset of :data:`PROFILES` the other options override)."""
     d = SimConfig()
-    prob, secs = _probability, _non_negative
-    g = parser.add_argument_group("server").add_argument
+    prob, secs = probability, non_negative
+    g = tracked(parser.add_argument_group("server").add_argument)
+    g(
+        "--profile",
+        choices=sorted(PROFILES),
+        help="start from a preset: gateway = like the real service (new-api's limiter, "
+        "60 a minute, its error bodies, no Retry-After); other options override it",
+    )
     g("--host", default=d.host, help="interface to bind (%(default)s)")
     g("--port", type=int, default=d.port, help="port; 0 picks a free one (%(default)s)")
     g("--seed", type=int, default=d.seed, help="seed of all randomness (%(default)s)")
-    g = parser.add_argument_group("accounts and models").add_argument
+    g = tracked(parser.add_argument_group("accounts and models").add_argument)
     g("--key", dest="keys", action="append", metavar="KEY", help="API key (repeatable; sk-sim)")
     g("--forbid", action="append", default=[], metavar="MODEL", help="403 for MODEL")
     g("--down", action="append", default=[], metavar="MODEL", help="503 for MODEL")
+    g("--unpriced", action="append", default=[], metavar="MODEL", help="400 for MODEL")
+    g("--ip-blocked", action="append", default=[], metavar="KEY", help="403 for KEY (IP list)")
+    g("--group", default=d.group, metavar="NAME", help="group in no-channel messages (default)")
     g(
         "--price",
         dest="prices",
         action="append",
-        type=_price,
+        type=price,
         default=[],
         metavar="MODEL=AMOUNT",
         help="set or add a price per image (repeatable)",
     )
     g("--credits", type=secs, default=d.credits, help="balance per key (%(default)s)")
+    g("--token-quota", type=secs, metavar="AMOUNT", help="spending cap per key (unlimited)")
     g(
         "--session",
         dest="sessions",
         action="append",
-        type=_pair,
+        type=pair,
         metavar="COOKIE=USERID",
         help="playground session (repeatable; sim-session=1)",
     )
-    g = parser.add_argument_group("timing and limits").add_argument
+    g = tracked(parser.add_argument_group("timing and limits").add_argument)
     g(
         "--latency",
         type=secs,
@@ -346,13 +376,46 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     g("--retry-after-value", type=secs, metavar="SECONDS", help="force this Retry-After")
     g("--empty-429", action="store_true", help="429 answers have an empty body")
     g(
+        "--limiter",
+        choices=typing.get_args(Limiter),
+        default=d.limiter,
+        help="bucket: --rpm/--burst/--poll-rpm; gateway: new-api's (%(default)s)",
+    )
+    g(
+        "--gateway-limit",
+        type=count,
+        default=d.gateway_limit,
+        metavar="N",
+        help="gateway: successes per window per account; 0 = none (%(default)s)",
+    )
+    g(
+        "--gateway-window",
+        type=positive,
+        default=d.gateway_window,
+        metavar="SECONDS",
+        help="gateway: the window (%(default)s)",
+    )
+    g(
+        "--gateway-total",
+        type=count,
+        default=d.gateway_total,
+        metavar="N",
+        help="gateway: attempts per window, failures too; 0 = off (%(default)s)",
+    )
+    g(
+        "--gateway-polls",
+        action=argparse.BooleanOptionalAction,
+        default=d.gateway_polls,
+        help="gateway: polls count in the same limits (off)",
+    )
+    g(
         "--url-ttl",
         type=secs,
         default=d.url_ttl,
         metavar="SECONDS",
         help="result URLs answer 404 this long after the task ends (%(default)s)",
     )
-    g = parser.add_argument_group("faults (probabilities)").add_argument
+    g = tracked(parser.add_argument_group("faults (probabilities)").add_argument)
     g("--fail-rate", type=prob, default=0.0, metavar="P", help="tasks that end failed")
     g(
         "--moderation-share",
@@ -367,7 +430,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     g("--poll-hang-rate", type=prob, default=0.0, metavar="P", help="polls never answered")
     g("--truncate-rate", type=prob, default=0.0, metavar="P", help="downloads cut at half")
     g("--oversize-rate", type=prob, default=0.0, metavar="P", help="64 MiB+ downloads")
-    g = parser.add_argument_group("images and protocol variants").add_argument
+    g = tracked(parser.add_argument_group("images and protocol variants").add_argument)
     g("--image-scale", type=float, default=d.image_scale, metavar="F", help="image size factor")
     g("--wrap-async", action="store_true", help="wrap async answers in {code,msg,data}")
     g("--single-url", action="store_true", help="one data.url instead of results[]")
@@ -390,14 +453,26 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="end task streams with data: [DONE] (on)",
     )
     g("--result-url-template", metavar="T", help="result URLs from {origin} and {file}")
+    g(
+        "--wire",
+        choices=typing.get_args(Wire),
+        default=d.wire,
+        help="error bodies: the seed's codes (sim) or new-api's (gateway) (%(default)s)",
+    )
+    g("--api-version", default=d.api_version, metavar="V", help="X-New-Api-Version (v0.10.4)")
 
 
 def config_from_args(ns: argparse.Namespace) -> SimConfig:
     """Build the :class:`SimConfig` the parsed options describe.
 
-    Raises ValueError when the options combine into an unusable config.
+    With ``--profile``, the preset's values apply to every field whose option was not
+    given. Raises ValueError when the options combine into an unusable config.
     """
     values = {f.name: getattr(ns, f.name) for f in dataclasses.fields(SimConfig)}
+    profile = getattr(ns, "profile", None)
+    if profile is not None:
+        explicit = given(ns)
+        values.update({k: v for k, v in PROFILES[profile].items() if k not in explicit})
     values["keys"] = list(ns.keys) if ns.keys else ["sk-sim"]
     values["prices"] = {**DEFAULT_PRICES, **dict(ns.prices)}
     values["sessions"] = dict(ns.sessions) if ns.sessions else {"sim-session": "1"}

@@ -16,8 +16,6 @@ from batchgen.sim.wire import (
     chat_reply,
     chat_stream,
     error,
-    forbidden,
-    no_channel,
     parse_chat,
     parse_images_request,
 )
@@ -52,10 +50,7 @@ class OpenAIRoutes(RouteGroup):
 
     async def chat(self, req: Request, account: Account) -> None:
         chat = parse_chat(await req.json_object())
-        if chat.model in self.config.forbid:
-            raise forbidden(chat.model)
-        if chat.model in self.config.down:  # chat is free: it needs no price, only a channel
-            raise no_channel(chat.model)
+        self.service.check_channel(chat.model)  # chat is free: it needs a channel, no price
         created = int(self.state.wall())
         chat_id = f"chatcmpl-{req.request_id.decode()}"
         if chat.failing:

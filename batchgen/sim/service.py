@@ -3,8 +3,11 @@
 One :class:`Service` per app holds the state and the file host and the rules that more
 than one route applies: sleeping in simulated latency (and ending every wait when the app
 closes), deliberate connection drops, who a request is (an API key or a playground
-session), 429s as configured, model checks, and running a checked submission through
-the faults and billing. The route handlers live in :class:`RouteGroup` subclasses
+session), 429s as configured (the ``bucket`` limiter's in the handlers, the ``gateway``
+limiter's around them, in :meth:`Service.api` and :meth:`Service.playground`), model
+checks, and running a checked submission through the faults and billing. Errors of the
+gateway's table come from :mod:`.gateway`, in the configured wire. The route handlers
+live in :class:`RouteGroup` subclasses
 (:mod:`.task_routes`, :mod:`.openai_routes`, :mod:`.admin_routes`) and answer by
 sending, or by raising :class:`~batchgen.sim.wire.Reply`.
 """
@@ -16,19 +19,19 @@ from typing import NoReturn
 
 import anyio
 
+import batchgen.sim.gateway as gateway
 from batchgen.sim.config import SimConfig
 from batchgen.sim.files import FileHost
-from batchgen.sim.state import Account, InsufficientCredits, SimState, Task, TaskView
-from batchgen.sim.wire import (
-    ConnectionDrop,
-    Order,
-    Reply,
-    Request,
-    error,
-    forbidden,
-    no_channel,
-    retry_after,
+from batchgen.sim.limits import GatewayLimits, Refused
+from batchgen.sim.state import (
+    Account,
+    InsufficientCredits,
+    InsufficientTokenQuota,
+    SimState,
+    Task,
+    TaskView,
 )
+from batchgen.sim.wire import ConnectionDrop, Order, Reply, Request, error, retry_after
 
 __all__ = ["EVENT_STREAM", "AccountHandler", "Handler", "RouteGroup", "Service"]
 
@@ -77,13 +80,7 @@ class Service:
 
     async def drop(self, req: Request) -> NoReturn:
         """Start an answer that will never come, then make uvicorn cut the connection."""
-        await req.send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", b"64")],
-            }
-        )
+        await req.start(200, [(b"content-type", b"application/json"), (b"content-length", b"64")])
         raise ConnectionDrop
 
     async def wait_end(self, req: Request, task: Task) -> TaskView:
@@ -119,30 +116,76 @@ class Service:
 
     # --- auth and limits -----------------------------------------------------------
 
-    def api(self, handler: AccountHandler) -> Handler:
-        """``handler`` behind an API key (``Authorization: Bearer``)."""
+    def api(self, handler: AccountHandler, *, poll: bool = False) -> Handler:
+        """``handler`` behind an API key (``Authorization: Bearer``) and the gateway
+        limiter (for a ``poll`` route only with ``gateway_polls``)."""
 
         async def with_key(req: Request) -> None:
-            await handler(req, self.key_account(req))
+            await self.limited(req, self.key_account(req), handler, poll)
 
         return with_key
 
-    def playground(self, handler: AccountHandler) -> Handler:
-        """``handler`` behind a site session (cookie plus ``New-Api-User``)."""
+    def playground(self, handler: AccountHandler, *, poll: bool = False) -> Handler:
+        """``handler`` behind a site session (cookie plus ``New-Api-User``), as :meth:`api`."""
 
         async def with_session(req: Request) -> None:
-            await handler(req, self.session_account(req))
+            await self.limited(req, self.session_account(req), handler, poll)
 
         return with_session
 
+    async def limited(
+        self, req: Request, account: Account, handler: AccountHandler, poll: bool
+    ) -> None:
+        """Run ``handler`` under the gateway limiter when it applies, as new-api does:
+        check when the request arrives (raising its 429), record when the answer ends
+        with a status < 400 (a raised Reply's, or the one :meth:`Request.start` sent)."""
+        cfg = self.config
+        if cfg.limiter != "gateway" or (poll and not cfg.gateway_polls):
+            await handler(req, account)
+            return
+        limits = account.limits
+        if limits is None:
+            limits = account.limits = GatewayLimits()
+        now = self.state.now()
+        refused = limits.check(cfg.gateway_limit, cfg.gateway_window, cfg.gateway_total, now)
+        if refused is not None:
+            raise self.gateway_limited(refused)
+        status: int | None = None
+        try:
+            await handler(req, account)
+        except Reply as reply:
+            status = reply.status
+            raise
+        finally:
+            if status is None:
+                status = req.status  # None: nothing was answered (the client left)
+            if status is not None and status < 400:
+                limits.record(self.config.gateway_limit, self.state.now())
+
+    def gateway_limited(self, refused: Refused) -> Reply:
+        """The gateway limiter's 429: never Retry-After; empty with ``empty_429``."""
+        self.state.counters.rate_limited += 1
+        cfg = self.config
+        if cfg.empty_429:
+            return Reply(429)
+        limit = cfg.gateway_limit if refused == "success" else cfg.gateway_total
+        return gateway.rate_limit(refused, limit, cfg.gateway_window)
+
     def key_of(self, req: Request) -> str:
-        """The request's valid API key; raises the service's 401 otherwise."""
+        """The request's valid API key; raises the service's 401 (or 403) otherwise."""
         scheme, _, token = req.header(b"authorization").partition(" ")
         token = token.strip()
-        if scheme.lower() != "bearer" or token not in self.config.keys:
+        cfg = self.config
+        if scheme.lower() != "bearer" or token not in cfg.keys:
             if token and self.state.knows_key(token):  # it worked before: revoked/expired
-                raise error(401, "token_invalid", "令牌已过期或被禁用 (token revoked or expired)")
-            raise error(401, "invalid_api_key", "无效的令牌 (invalid API key)")
+                raise gateway.invalid_token(cfg.wire, "revoked")
+            raise gateway.invalid_token(cfg.wire, "unknown")
+        if token in cfg.ip_blocked:
+            raise gateway.ip_blocked(cfg.wire)
+        if cfg.token_quota is not None:
+            left = self.state.token_left(self.state.account_for_key(token))
+            if left is not None and left <= 1e-9:
+                raise gateway.invalid_token(cfg.wire, "used_up")
         return token
 
     def key_account(self, req: Request) -> Account:
@@ -178,16 +221,38 @@ class Service:
         return error(429, "rate_limit_exceeded", message, headers)
 
     def check_submit_bucket(self, account: Account) -> None:
+        """The ``bucket`` limiter's submission check (nothing with the gateway limiter)."""
+        if self.config.limiter == "gateway":
+            return
         wait = self.state.take_submit_token(account)
         if wait > 0:
             raise self.rate_limited(wait, "请求过于频繁,请稍后再试 (rate limit exceeded)")
 
+    def check_poll_bucket(self, account: Account) -> None:
+        """The ``bucket`` limiter's poll check (nothing with the gateway limiter)."""
+        if self.config.limiter == "gateway":
+            return
+        wait = self.state.take_poll_token(account)
+        if wait > 0:
+            raise self.rate_limited(wait, "查询过于频繁 (poll rate limit exceeded)")
+
+    def check_channel(self, model: str) -> None:
+        """Refuse a model the key may not use, that has no channel, or that has no price
+        configured (``unpriced``), in that order (the gateway's)."""
+        cfg = self.config
+        if model in cfg.forbid:
+            raise gateway.model_forbidden(cfg.wire, model)
+        if model in cfg.down:
+            raise gateway.no_channel_for(cfg.wire, model, cfg.group)
+        if model in cfg.unpriced:
+            raise gateway.model_price(cfg.wire, model)
+
     def check_model(self, model: str) -> float:
-        if model in self.config.forbid:
-            raise forbidden(model)
+        """:meth:`check_channel`, then the model's price (unknown models: no channel)."""
+        self.check_channel(model)
         price = self.state.price_of(model)
         if price is None:
-            raise no_channel(model)
+            raise gateway.no_channel_for(self.config.wire, model, self.config.group)
         return price
 
     # --- task submission -----------------------------------------------------------
@@ -207,10 +272,10 @@ class Service:
                 account, model=order.model, prompt=order.prompt, aspect=order.aspect,
                 size=order.size, images=order.images, **kw,
             )  # fmt: skip
-        except InsufficientCredits:
-            raise Reply(
-                200, {"code": -1, "msg": "积分不足 (insufficient credits)", "data": None}
-            ) from None
+        except InsufficientCredits as exc:
+            raise gateway.user_quota(cfg.wire, exc.balance) from None
+        except InsufficientTokenQuota as exc:
+            raise gateway.token_quota(cfg.wire, exc.left, exc.cost) from None
         if state.roll(cfg.drop_rate):
             state.counters.submissions_dropped += 1
             await self.drop(req)

@@ -1,4 +1,4 @@
-"""The simulator's memory: accounts, token buckets, tasks, billing and counters.
+"""The simulator's memory: accounts, their limits, tasks, billing and counters.
 
 Pure logic with an injectable clock, so every rule here is testable without HTTP.
 Nothing runs in the background: a task's status is a function of the clock (it is
@@ -18,18 +18,21 @@ import hashlib
 import heapq
 import itertools
 import math
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from random import Random
 
 from batchgen.sim.config import SimConfig
+from batchgen.sim.gateway import request_id as gateway_request_id
+from batchgen.sim.limits import GatewayLimits, TokenBucket
+from batchgen.sim.markers import parse_markers
 
 __all__ = [
     "Account",
     "Counters",
     "InsufficientCredits",
+    "InsufficientTokenQuota",
     "SimState",
     "Task",
     "TaskView",
@@ -42,8 +45,6 @@ RUNNING, SUCCEEDED, FAILED = "running", "succeeded", "failed"
 MODERATION = ("output_moderation", "input_moderation")
 
 _SIZE_FACTOR = {"2K": 1.25, "4K": 1.5}
-_FAIL_MARKER = re.compile(r"\[sim:fail=(error|output_moderation|input_moderation)\]")
-_LATENCY_MARKER = re.compile(r"\[sim:latency=([0-9]+(?:\.[0-9]*)?)\]")
 _FAILURE_TEXT = {
     "error": "生成失败 (image generation failed upstream)",
     "output_moderation": "输出内容违规 (output blocked by moderation)",
@@ -60,35 +61,31 @@ class InsufficientCredits(Exception):
         super().__init__(f"balance {balance:.6f} cannot pay {cost:.6f}")
 
 
-@dataclass(slots=True)
-class TokenBucket:
-    """A token bucket whose rate and capacity are passed at each use (they may change)."""
+class InsufficientTokenQuota(Exception):
+    """What is left of the key's ``token_quota`` cannot pay; nothing was charged."""
 
-    tokens: float
-    updated: float
-
-    def take(self, rate: float, capacity: float, now: float) -> float:
-        """Take one token: 0.0 if one was there, else the seconds until one will be.
-
-        ``rate`` is tokens per second (> 0); tokens never exceed ``capacity``.
-        """
-        self.tokens = min(capacity, self.tokens + max(0.0, now - self.updated) * rate)
-        self.updated = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return 0.0
-        return (1.0 - self.tokens) / rate
+    def __init__(self, left: float, cost: float) -> None:
+        self.left = left
+        self.cost = cost
+        super().__init__(f"token quota left {left:.6f} cannot pay {cost:.6f}")
 
 
 @dataclass(slots=True, eq=False)
 class Account:
-    """One payer: an API key or a playground user. ``label`` never contains the key."""
+    """One payer: an API key or a playground user. ``label`` never contains the key.
+
+    ``spent`` is what its token has spent (charges minus refunds, for ``token_quota``);
+    ``token`` is False for a playground user, whom no token quota limits.
+    """
 
     label: str
     balance: float
     charges: int = 0
+    spent: float = 0.0
+    token: bool = True
     submit_bucket: TokenBucket | None = None
     poll_bucket: TokenBucket | None = None
+    limits: GatewayLimits | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -145,6 +142,7 @@ class Counters:
     submissions_charged: int = 0
     submissions_dropped: int = 0
     rate_limited: int = 0
+    rate_limited_by_route: dict[str, int] = field(default_factory=dict)
     busy_injected: int = 0
     errors_injected: int = 0
     polls_hung: int = 0
@@ -158,26 +156,6 @@ class Counters:
     requests_by_route: dict[str, int] = field(default_factory=dict)
     tasks_by_status: dict[str, int] = field(
         default_factory=lambda: {RUNNING: 0, SUCCEEDED: 0, FAILED: 0}
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class Markers:
-    """Test markers found in a prompt: a forced failure and a fixed duration."""
-
-    failure: str | None
-    latency: float | None
-
-
-def parse_markers(prompt: str) -> Markers:
-    """Read ``[sim:fail=REASON]`` and ``[sim:latency=SECONDS]`` out of ``prompt``."""
-    if "[sim:" not in prompt:  # the common case costs one substring search
-        return Markers(None, None)
-    fail = _FAIL_MARKER.search(prompt)
-    latency = _LATENCY_MARKER.search(prompt)
-    return Markers(
-        fail.group(1) if fail else None,
-        float(latency.group(1)) if latency else None,
     )
 
 
@@ -222,14 +200,27 @@ class SimState:
         return self.rng.random() < probability
 
     def next_request_id(self) -> str:
-        """A request id for ``X-Oneapi-Request-Id``: seeded, sequential, RNG-independent."""
-        n = next(self._request_seq)
-        digest = hashlib.blake2b(n.to_bytes(8, "big"), digest_size=6, key=self._request_salt)
-        return f"sim{n:010d}{digest.hexdigest()}"
+        """A request id for ``X-Oneapi-Request-Id``: seeded, sequential, RNG-independent.
+
+        ``sim`` + the sequence number + a seeded digest; with ``wire="gateway"`` the
+        gateway's form (UTC time to the nanosecond, from :meth:`wall`, + 16 seeded
+        alphanumerics).
+        """
+        n = next(self._request_seq).to_bytes(8, "big")
+        if self.config.wire == "gateway":
+            entropy = hashlib.blake2b(n, digest_size=16, key=self._request_salt).digest()
+            return gateway_request_id(self.wall(), entropy)
+        digest = hashlib.blake2b(n, digest_size=6, key=self._request_salt)
+        return f"sim{int.from_bytes(n, 'big'):010d}{digest.hexdigest()}"
 
     def count_request(self, route: str) -> None:
         """Count one request of ``route`` (e.g. ``"POST /v1/draw/result"``)."""
         by_route = self.counters.requests_by_route
+        by_route[route] = by_route.get(route, 0) + 1
+
+    def count_rate_limited(self, route: str) -> None:
+        """Count one 429 answered on ``route``."""
+        by_route = self.counters.rate_limited_by_route
         by_route[route] = by_route.get(route, 0) + 1
 
     # --- accounts and limits -----------------------------------------------------------
@@ -257,10 +248,12 @@ class SimState:
         """The account of playground user ``user_id`` (labelled ``user:ID``)."""
         slot = "\0user:" + user_id  # cannot collide with an API key
         account = self._accounts.get(slot)
-        return account if account is not None else self._new_account(slot, f"user:{user_id}")
+        if account is None:
+            account = self._new_account(slot, f"user:{user_id}", token=False)
+        return account
 
-    def _new_account(self, slot: str, label: str) -> Account:
-        account = Account(label=label, balance=self.config.credits)
+    def _new_account(self, slot: str, label: str, *, token: bool = True) -> Account:
+        account = Account(label=label, balance=self.config.credits, token=token)
         self._accounts[slot] = account
         self._labels.add(label)
         return account
@@ -287,6 +280,14 @@ class SimState:
             account.poll_bucket = TokenBucket(capacity, now)
         return account.poll_bucket.take(rpm / 60.0, capacity, now)
 
+    def token_left(self, account: Account) -> float | None:
+        """What ``account``'s token may still spend, or None when no quota limits it."""
+        quota = self.config.token_quota
+        if quota is None or not account.token:
+            return None
+        self.settle()
+        return quota - account.spent
+
     def price_of(self, model: str) -> float | None:
         """The model's price per image, or None when the model is unknown or down."""
         if model in self.config.down:
@@ -309,13 +310,17 @@ class SimState:
     ) -> Task:
         """Accept a submission: charge it, draw its id, duration and outcome, store it.
 
-        Raises InsufficientCredits (charging nothing) when the balance cannot pay, and
-        KeyError when ``model`` has no price.
+        Raises InsufficientCredits (charging nothing) when the balance cannot pay,
+        InsufficientTokenQuota when what is left of the key's ``token_quota`` cannot,
+        and KeyError when ``model`` has no price.
         """
         self.settle()  # refunds that are due count towards the balance
         cost = self.config.prices[model] * images
         if account.balance - cost < -1e-9:
             raise InsufficientCredits(account.balance, cost)
+        left = self.token_left(account)
+        if left is not None and left - cost < -1e-9:
+            raise InsufficientTokenQuota(left, cost)
         rng = self.rng
         task_id = f"task_{rng.getrandbits(128):032x}"
         jitter = rng.uniform(0.75, 1.25)
@@ -348,6 +353,7 @@ class SimState:
             unified=unified,
         )
         account.balance -= cost
+        account.spent += cost
         account.charges += 1
         counters = self.counters
         counters.submissions_charged += 1
@@ -394,6 +400,7 @@ class SimState:
                 by_status[FAILED] += 1
                 task.refunded = task.charged
                 task.account.balance += task.charged
+                task.account.spent -= task.charged
                 counters.refunded_total += task.charged
             else:
                 by_status[SUCCEEDED] += 1
@@ -415,7 +422,8 @@ class SimState:
         ``downloads_expired``, ``downloads_with_credentials``. Money, rounded to 6
         decimals: ``charged_total``, ``refunded_total``. Maps: ``requests_by_route``
         (``"POST /v1/draw/result": n``), ``tasks_by_status`` (running/succeeded/failed),
-        ``charges_by_key`` (charges per ``key#N`` / ``user:ID``; keys never appear).
+        ``rate_limited_by_route`` (the 429s among them), ``charges_by_key`` (charges
+        per ``key#N`` / ``user:ID``; keys never appear).
         """
         self.settle()
         c = self.counters
@@ -430,6 +438,7 @@ class SimState:
             "errors_injected": c.errors_injected,
             "polls_hung": c.polls_hung,
             "requests_by_route": dict(c.requests_by_route),
+            "rate_limited_by_route": dict(c.rate_limited_by_route),
             "tasks_by_status": dict(c.tasks_by_status),
             "tasks": len(self.tasks),
             "downloads": c.downloads,

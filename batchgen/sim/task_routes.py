@@ -64,9 +64,7 @@ class TaskRoutes(RouteGroup):
 
     async def result(self, req: Request, account: Account) -> None:
         state, service = self.state, self.service
-        wait = state.take_poll_token(account)
-        if wait > 0:
-            raise service.rate_limited(wait, "查询过于频繁 (poll rate limit exceeded)")
+        service.check_poll_bucket(account)
         body = await req.json_object()
         task_id = body.get("id")
         if not isinstance(task_id, str) or not task_id:

@@ -115,10 +115,14 @@ def json_bytes(value: object) -> bytes:
 class Request:
     """One HTTP request of the ASGI app, with helpers to read its body and answer it.
 
-    Every answer carries ``X-Oneapi-Request-Id``.
+    Every answer carries ``X-Oneapi-Request-Id`` and the ``stamp`` headers; ``status``
+    is the status sent, None until the answer starts.
     """
 
-    __slots__ = ("headers", "method", "origin", "path", "query", "receive", "request_id", "send")
+    __slots__ = (
+        "headers", "method", "origin", "path", "query", "receive", "request_id", "send",
+        "stamp", "status",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -130,6 +134,7 @@ class Request:
         send: Callable[[Message], Awaitable[None]],
         request_id: bytes,
         origin: str,
+        stamp: Sequence[Header] = (),
     ) -> None:
         self.method = method
         self.path = path
@@ -139,6 +144,8 @@ class Request:
         self.send = send
         self.request_id = request_id
         self.origin = origin
+        self.stamp = stamp
+        self.status: int | None = None
 
     def header(self, name: bytes) -> str:
         """The value of header ``name`` (lower case), or ``""``."""
@@ -176,11 +183,12 @@ class Request:
 
     async def start(self, status: int, headers: Iterable[Header]) -> None:
         """Send the status line and headers (plus the request id) of a streamed answer."""
+        self.status = status
         await self.send(
             {
                 "type": "http.response.start",
                 "status": status,
-                "headers": [*headers, (b"x-oneapi-request-id", self.request_id)],
+                "headers": [*headers, (b"x-oneapi-request-id", self.request_id), *self.stamp],
             }
         )
 
