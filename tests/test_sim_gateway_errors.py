@@ -146,7 +146,7 @@ ROWS = {
         "model_not_found",
         False,
         "No available channel for model dear under group vip (distributor)",
-        "分组 vip 下模型 dear 无可用渠道（distributor）",  # noqa: RUF001
+        "分组 vip 下模型 dear 无可用渠道（distributor）",
     ),
     "unknown model": Row(
         unknown_model,
@@ -154,7 +154,7 @@ ROWS = {
         "model_not_found",
         False,
         "No available channel for model dall-e-9 under group default (distributor)",
-        "分组 default 下模型 dall-e-9 无可用渠道（distributor）",  # noqa: RUF001
+        "分组 default 下模型 dall-e-9 无可用渠道（distributor）",
     ),
     "user quota": Row(
         poor_user,
@@ -178,7 +178,7 @@ ROWS = {
         "model_price_error",
         True,
         "model dear has no price: ask the administrator to set its ratio or price",
-        "模型 dear 倍率或价格未配置，请联系管理员设置",  # noqa: RUF001
+        "模型 dear 倍率或价格未配置，请联系管理员设置",
     ),
 }
 
@@ -291,7 +291,7 @@ async def test_new_rows_in_the_sim_wire() -> None:
     assert (blocked.status_code, blocked.json()["error"]["code"]) == (403, "access_denied")
     assert (unpriced.status_code, unpriced.json()["error"]["code"]) == (400, "model_price_error")
     assert unpriced.json()["error"]["message"] == (
-        "模型 dear 倍率或价格未配置，请联系管理员设置 "  # noqa: RUF001
+        "模型 dear 倍率或价格未配置，请联系管理员设置 "
         "(model dear has no price: ask the administrator to set its ratio or price)"
     )
     assert over.status_code == 403

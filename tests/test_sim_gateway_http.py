@@ -15,10 +15,10 @@ from batchgen.sim import SimConfig, SimServer, gateway_profile, running_simulato
 pytestmark = pytest.mark.anyio
 
 SUBMIT = {"model": "nano-banana", "prompt": "p [sim:latency=0]", "replyType": "async"}
-LIMIT_TEXT = "您已达到请求数限制：{m}分钟内最多请求{n}次 (request id: {rid})"  # noqa: RUF001
+LIMIT_TEXT = "您已达到请求数限制：{m}分钟内最多请求{n}次 (request id: {rid})"
 TOTAL_TEXT = (
-    "您已达到总请求数限制：{m}分钟内最多请求{n}次，"  # noqa: RUF001
-    "包括失败次数，请检查您的请求是否正确 (request id: {rid})"  # noqa: RUF001
+    "您已达到总请求数限制：{m}分钟内最多请求{n}次，"
+    "包括失败次数，请检查您的请求是否正确 (request id: {rid})"
 )
 
 

@@ -73,7 +73,7 @@ NO_CHANNEL = Row(
     503,
     "model_not_found",
     "No available channel for model {model} under group {group} (distributor)",
-    "分组 {group} 下模型 {model} 无可用渠道（distributor）",  # noqa: RUF001 - new-api's text
+    "分组 {group} 下模型 {model} 无可用渠道（distributor）",
 )
 USER_QUOTA = Row(
     403,
@@ -93,14 +93,13 @@ MODEL_PRICE = Row(
     400,
     "model_price_error",
     "model {model} has no price: ask the administrator to set its ratio or price",
-    "模型 {model} 倍率或价格未配置，请联系管理员设置",  # noqa: RUF001 - new-api's text
+    "模型 {model} 倍率或价格未配置，请联系管理员设置",
     relay=True,
 )
 # new-api's own texts, full-width punctuation and all:
-_SUCCESS_TEXT = "您已达到请求数限制：{minutes}分钟内最多请求{limit}次"  # noqa: RUF001
+_SUCCESS_TEXT = "您已达到请求数限制：{minutes}分钟内最多请求{limit}次"
 _TOTAL_TEXT = (
-    "您已达到总请求数限制：{minutes}分钟内最多请求{limit}次，"  # noqa: RUF001
-    "包括失败次数，请检查您的请求是否正确"  # noqa: RUF001
+    "您已达到总请求数限制：{minutes}分钟内最多请求{limit}次，包括失败次数，请检查您的请求是否正确"
 )
 SUCCESS_LIMIT = Row(429, "", _SUCCESS_TEXT, _SUCCESS_TEXT)
 TOTAL_LIMIT = Row(429, "", _TOTAL_TEXT, _TOTAL_TEXT)
