@@ -229,13 +229,23 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
 # --- streams ------------------------------------------------------------------------------
 
 
+async def _lines(response: httpx.Response, route: str) -> AsyncIterator[str]:
+    """The body's lines; a connection lost mid-stream is our ConnectionLostError (the
+    reader of the frames sees it, not only the context that opened the stream)."""
+    try:
+        async for line in response.aiter_lines():
+            yield line
+    except httpx.HTTPError as exc:
+        raise translate_transport_error(exc, route) from None
+
+
 async def sse_payloads(response: httpx.Response, route: str) -> AsyncIterator[object]:
     """Decode ``data:`` events of a server-sent event stream until ``[DONE]`` or EOF.
 
     Comment lines (``: PING``) and other fields are skipped; multi-line data joins.
     """
     data_lines: list[str] = []
-    async for line in response.aiter_lines():
+    async for line in _lines(response, route):
         if line == "":
             if data_lines:
                 payload = "\n".join(data_lines)

@@ -115,8 +115,10 @@ class ServiceLimit:
         empty: bool,
         server: str | None,
         retry_after: float | None,
+        paced: bool = True,
     ) -> float | None:
-        """Learn from a 429 of a request of ``kind``.
+        """Learn from a 429 of a request of ``kind``; ``paced`` says it held a slot of
+        the window (False: it was sent before the window was known).
 
         Returns the pause every caller should take (0.0: none, the window paces), or
         None when the answer does not look like the gateway's limiter: the caller
@@ -151,9 +153,9 @@ class ServiceLimit:
             if kind == POLL and self.source != "stated":
                 self._adopt(limit.count, limit.window, "stated", now)
                 return 0.0
-            return self._mirror_short(kind, now)
+            return self._mirror_short(kind, now) if paced else 0.0
         if self.window is not None:
-            return self._mirror_short(kind, now)
+            return self._mirror_short(kind, now) if paced else 0.0
         if self.gateway:
             count = len(self._recent(now, MINUTE))
             if count:

@@ -143,6 +143,10 @@ class Throttle:
                     break
                 # The rate was lowered meanwhile: our slot was priced at the old rate, and
                 # every caller sent on it would be an answer the service refuses.
+            if permit is None and self.limit is not None and self.limit.window_for(self.kind):
+                # The window became known while this caller waited on the bucket: it
+                # paces from now on, this request included.
+                permit = await self._window_slot()
             await self._total_token()
         except BaseException:
             if permit is not None:
@@ -295,7 +299,12 @@ class Throttle:
             raise ParkedError(retry_after)
         if self.limit is not None:
             pause = self.limit.learn(
-                self.kind, limit=limit, empty=empty, server=server, retry_after=retry_after
+                self.kind,
+                limit=limit,
+                empty=empty,
+                server=server,
+                retry_after=retry_after,
+                paced=permit is not None,
             )
             if pause is not None:
                 if self.limit.window_for(self.kind) is not None:

@@ -36,7 +36,13 @@ class TaskRoutes(RouteGroup):
             raise bad_request("replyType must be json, stream or async")
         order = parse_order(body, service.check_model)
         task = await service.accept(
-            req, account, order, pollable=reply_type == "async", unified=True
+            # A json answer's id is not pollable upstream ("result not exist"); a
+            # stream's is (its first frame carries it), so a cut stream can be resumed.
+            req,
+            account,
+            order,
+            pollable=reply_type != "json",
+            unified=True,
         )
         if reply_type == "async":
             status = spell_status(RUNNING, self.config.status_style)
