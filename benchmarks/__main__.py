@@ -6,7 +6,8 @@ per scenario, writes every raw figure to ``benchmarks/results/<time>.json`` and 
 tables with the machine to ``benchmarks/README.md`` (each scenario's section replaced,
 the others and the hand-written notes kept; not for ``--quick`` unless ``--markdown``).
 
-Scenarios (``--only a,b``): goodput, runner, latency, overhead, scale, peers, http.
+Scenarios (``--only a,b``): goodput, runner, latency, overhead, scale, peers, http,
+gateway.
 The full set takes about 70 minutes (the 60 rpm runs alone take 17 minutes, side by
 side); ``--quick`` runs fewer tasks for development (its Markdown is marked quick).
 """
@@ -20,7 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from benchmarks import common, overhead, rate, scale
+from benchmarks import common, gateway, overhead, rate, scale
 from benchmarks.report import ScenarioResult, update_markdown
 
 SCENARIOS: dict[str, str] = {
@@ -31,6 +32,7 @@ SCENARIOS: dict[str, str] = {
     "scale": "4. planning 1,000,000 tasks; a 100,000-task ledger: run and resume",
     "peers": "5. batchgen beside a hand-written gather+tenacity script and a 15 s pauser",
     "http": "6. httpx vs httpx2: client CPU per request at concurrency 1, 64, 256",
+    "gateway": "7. the gateway's limiter (sliding log): 60/min, 6/min, polls counted",
 }
 
 
@@ -101,6 +103,7 @@ def _runners(ns: argparse.Namespace) -> dict[str, Callable[[], ScenarioResult]]:
         "scale": lambda: scale.scale(quick=quick, http=http),
         "peers": lambda: rate.peers(quick=quick, rates=peer_rates, http=http),
         "http": lambda: overhead.http_stack(quick=quick, stacks=stacks),
+        "gateway": lambda: gateway.gateway(quick=quick),
     }
 
 

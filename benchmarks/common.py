@@ -166,11 +166,13 @@ def write_job(
     rpm: float | None = None,
     burst: int | None = None,
     axes: Mapping[str, Sequence[object]] | None = None,
+    extra: Sequence[str] = (),
 ) -> Path:
     """Write a job spec of ``tasks`` distinct prompts (one model, 1:1, 1K); its path.
 
     Every task has its own prompt (an axis of numbers), as a real grid would. ``axes``
-    replaces the default axes (the planning scenario uses three).
+    replaces the default axes (the planning scenario uses three); ``extra`` lines are
+    appended as they are (top-level keys such as ``api: {reply: stream}``).
     """
     chosen = dict(axes) if axes is not None else _axes(tasks)
     placeholders = " ".join(f"{{{name}}}" for name in chosen)
@@ -190,6 +192,7 @@ def write_job(
         lines.append(f"  requests_per_minute: {rpm:g}")
     if burst is not None:
         lines.append(f"  burst: {burst}")
+    lines += list(extra)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.yaml"
     path.write_text("\n".join(lines) + "\n")

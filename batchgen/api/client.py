@@ -114,6 +114,9 @@ class CobabaClient:
             register_secret(self.auth.session)
             headers["Cookie"] = f"{self.auth.cookie_name}={self.auth.session}"
             headers["New-Api-User"] = self.auth.user_id
+        #: The gateway's version (``X-New-Api-Version``) once an answer carried it: the
+        #: service runs new-api, whose limiter is a per-user sliding log in minutes.
+        self.server_version: str | None = None
         self._http = httpx.AsyncClient(
             headers=headers,
             timeout=self.timeouts.for_read(self.timeouts.submit),
@@ -184,7 +187,12 @@ class CobabaClient:
             )
         except httpx.HTTPError as exc:
             raise translate_transport_error(exc, route) from None
+        self._saw(response)
         return decode_response(response, route)
+
+    def _saw(self, response: httpx.Response) -> None:
+        if self.server_version is None:
+            self.server_version = response.headers.get("x-new-api-version") or None
 
     @asynccontextmanager
     async def _stream(
@@ -206,6 +214,7 @@ class CobabaClient:
             response = await self._http.send(request, stream=True)
         except httpx.HTTPError as exc:
             raise translate_transport_error(exc, route) from None
+        self._saw(response)
         try:
             if response.status_code >= 300 or "event-stream" not in response.headers.get(
                 "content-type", ""

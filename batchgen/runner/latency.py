@@ -12,6 +12,7 @@ class LatencyModel:
 
     def __init__(self, size: int = 200) -> None:
         self._recent: collections.deque[float] = collections.deque(maxlen=size)
+        self._predicted: collections.deque[float] = collections.deque(maxlen=size)
 
     def __len__(self) -> int:
         return len(self._recent)
@@ -20,9 +21,16 @@ class LatencyModel:
         """One task's latency (seconds from its submission to its end)."""
         self._recent.append(max(0.0, latency))
 
+    def predict(self, latency: float) -> None:
+        """A running task's latency as its progress predicts it (used until three tasks
+        were seen finishing)."""
+        self._predicted.append(max(0.0, latency))
+
     def quantile(self, q: float) -> float | None:
-        """The ``q`` quantile (0..1) of the recent latencies; None with fewer than three."""
-        if len(self._recent) < 3:
+        """The ``q`` quantile (0..1) of the recent latencies (or, before three tasks
+        finished, of the predicted ones); None with fewer than three of either."""
+        sample = self._recent if len(self._recent) >= 3 else self._predicted
+        if len(sample) < 3:
             return None
-        ordered = sorted(self._recent)
+        ordered = sorted(sample)
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]

@@ -4,10 +4,12 @@ When polls are free (the service does not count them against its limit) they are
 spent on finishing fast: the first poll comes at the expected latency, learnt from
 the tasks seen finishing, then the reported progress predicts the end, with a backoff
 (by 1.3 each time, capped) when it says nothing. When the service shows that polls
-count (a 429 on a poll), each poll costs a slot of its window, so they are spent on
-finding the task done: the first at the 90th percentile of the latencies seen, the
-next just after the end the progress predicts. A task that succeeded goes to the
-download stage; errors and failed tasks go to :mod:`.policy`.
+count (a 429 on a poll), or may (a new-api gateway that has not said), each poll costs
+a slot of its window, so they are spent on finding the task done: the first just
+after the 95th percentile of the latencies seen (or, before any task finished, of
+the ends that progress predicts), the next just after the end the progress predicts.
+A task that succeeded goes to the download stage; errors and failed tasks go to
+:mod:`.policy`.
 """
 
 from __future__ import annotations
@@ -29,21 +31,24 @@ __all__ = [
     "task_ended",
 ]
 
-#: The latency quantile the first poll aims at when polls are counted.
-COUNTED_QUANTILE = 0.9
+#: Where the first poll aims when polls count (or may): almost every task is done by
+#: then, so almost every task needs one poll; waiting a little costs nothing next to a
+#: window.
+FRUGAL_QUANTILE = 0.95
+FRUGAL_MARGIN = 1.1
 
 
-def _counted(run: RunState) -> bool:
-    return run.limit.polls_counted is True
+def _frugal(run: RunState) -> bool:
+    return run.limit.polls_frugal()
 
 
 def first_poll_delay(run: RunState) -> float:
     """When to poll a task just submitted."""
     cap = 4 * run.limits.max_poll_interval
-    if _counted(run):
-        aim = run.latencies.quantile(COUNTED_QUANTILE)
+    if _frugal(run):
+        aim = run.latencies.quantile(FRUGAL_QUANTILE)
         if aim is not None:
-            return min(max(0.05, aim), cap)
+            return min(max(0.05, aim * FRUGAL_MARGIN), cap)
     if run.latency_ewma is None:
         return run.limits.first_poll
     return min(max(0.05, 0.9 * run.latency_ewma), cap)
@@ -84,8 +89,8 @@ def next_poll_delay(run: RunState, task: InFlight, info: TaskInfo | None) -> flo
     if info is not None and 0 < info.progress < 100 and elapsed > 0:
         # Progress rises with time: aim just after the predicted end.
         predicted = elapsed * (100 - info.progress) / info.progress
-        if _counted(run):  # a poll that finds it running is a slot spent for nothing
-            return min(cap, predicted + max(0.1, 0.05 * elapsed))
+        if _frugal(run):  # a poll that finds it running is a slot spent for nothing
+            return min(cap, predicted + max(0.2, 0.1 * elapsed))
         return min(cap, max(0.1, min(predicted + 0.05, max(step, predicted))))
     return min(cap, step)
 
@@ -113,6 +118,7 @@ async def _poll_one(run: RunState, task: InFlight) -> None:
         run.poll_throttle.on_abandoned(permit, UNKNOWN)
         raise
     run.poll_throttle.on_success(permit=permit)
+    run.limit.saw_server(run.client.server_version)
     if not info.status.terminal:
         await still_running(run, task, info)
         return
@@ -125,6 +131,8 @@ async def still_running(run: RunState, task: InFlight, info: TaskInfo) -> None:
     # back to running gets the poll it was promised).
     elapsed = anyio.current_time() - task.submitted_mono
     task.last_running = (elapsed, info.progress)
+    if 0 < info.progress < 100:
+        run.latencies.predict(elapsed * 100 / info.progress)
     if elapsed > run.limits.task_timeout:
         await fail(
             run,

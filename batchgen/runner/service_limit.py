@@ -30,7 +30,7 @@ from typing import Any, Final
 
 from batchgen.errors import StatedLimit
 from batchgen.runner.pacing import Clock, TokenBucket
-from batchgen.runner.window import SlidingWindow
+from batchgen.runner.window import InFlightGate, SlidingWindow
 
 __all__ = ["POLL", "SUBMIT", "ServiceLimit"]
 
@@ -38,6 +38,9 @@ SUBMIT, POLL = "submit", "poll"
 #: The gateway's windows are whole minutes; an inferred window starts at one.
 MINUTE: Final = 60.0
 _HISTORY: Final = 8192
+#: Submissions unanswered at once while a gateway's limit is being found: as many may
+#: be refused when it is reached.
+DISCOVERY_IN_FLIGHT: Final = 2
 
 
 class ServiceLimit:
@@ -59,10 +62,27 @@ class ServiceLimit:
         }
         self._probing_polls = False
         self._poll_probe_out = False
+        # Until the gateway's window is known, submissions go as fast as answers come
+        # back, a few at a time (see InFlightGate).
+        self.gate = InFlightGate(DISCOVERY_IN_FLIGHT)
         self._backoff = 0  # refusals in a row while the window looked open
         self._episode_start: float | None = None
 
     # --- what the throttles ask ----------------------------------------------------
+
+    def saw_server(self, version: str | None) -> None:
+        """An answer named the gateway's version: its limiter is new-api's."""
+        if version and not self.gateway:
+            self.gateway = True
+
+    def discovering(self, kind: str) -> bool:
+        """Whether requests of ``kind`` meet a new-api limiter that has not said its
+        limit yet (they go through :attr:`gate`)."""
+        return kind == SUBMIT and self.gateway and self.window is None
+
+    def polls_frugal(self) -> bool:
+        """Whether polls should be spent sparingly: they count, or may (new-api)."""
+        return self.polls_counted is True or (self.gateway and self.polls_counted is None)
 
     def window_for(self, kind: str) -> SlidingWindow | None:
         """The window requests of ``kind`` must take a slot of, if any."""

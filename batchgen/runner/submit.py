@@ -175,6 +175,7 @@ async def _send(run: RunState, task: InFlight, stack: contextlib.AsyncExitStack)
         task.phase = "settled"
         return None
     task.phase = "answered"
+    run.limit.saw_server(run.client.server_version)
     # A stream counts at the gateway when it ends: its slot stays taken until then.
     run.throttle.on_success(task.sent_mono, task.permit, hold=streaming)
     if not streaming:

@@ -89,6 +89,7 @@ class Throttle:
         self._probing = False
         self._changed = anyio.Event()
         self._windowed = False  # the service's window paces these requests now
+        self._gated = False  # finding a gateway's limit: a few in flight, no slow start
 
     @property
     def rate_per_minute(self) -> float | None:
@@ -143,7 +144,13 @@ class Throttle:
                     break
                 # The rate was lowered meanwhile: our slot was priced at the old rate, and
                 # every caller sent on it would be an answer the service refuses.
-            if permit is None and self.limit is not None and self.limit.window_for(self.kind):
+            if (
+                self.limit is not None
+                and self.limit.window_for(self.kind)
+                and (permit is None or permit.window is self.limit.gate)
+            ):
+                if permit is not None:
+                    permit.settle(REFUSED)  # not sent: its place in the gate is free
                 # The window became known while this caller waited on the bucket: it
                 # paces from now on, this request included.
                 permit = await self._window_slot()
@@ -167,9 +174,19 @@ class Throttle:
                 await self._changed.wait()
         window = limit.window_for(self.kind)
         if window is None:
+            if limit.discovering(self.kind):
+                self._use_gate()
+                return await limit.gate.acquire()
             return None
         self._use_window()
         return await window.acquire(priority=self.kind == POLL)
+
+    def _use_gate(self) -> None:
+        """A new-api gateway's limit is being found: its first window takes N at once,
+        so no slow start; the gate keeps a few in flight instead."""
+        if not self._gated:
+            self._gated = True
+            self.bucket.set_rate(None)
 
     async def _total_token(self) -> None:
         total = self.limit.total if self.limit is not None else None
@@ -223,6 +240,9 @@ class Throttle:
             rate = self.estimator.on_accepted(sent_at)
             if rate is not None:
                 self.bucket.set_rate(rate)
+        limit = self.limit
+        if hold and permit is not None and limit is not None and permit.window is limit.gate:
+            permit.settle(SUCCESS)  # the gate bounds answers pending, not open streams
         if record and not hold:
             self._recorded(permit)
 
@@ -304,7 +324,7 @@ class Throttle:
                 empty=empty,
                 server=server,
                 retry_after=retry_after,
-                paced=permit is not None,
+                paced=permit is not None and permit.window is self.limit.window,
             )
             if pause is not None:
                 if self.limit.window_for(self.kind) is not None:

@@ -20,14 +20,23 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Final
+from typing import Final, Protocol
 
 import anyio
 
 from batchgen.errors import Accepted, APIError, BatchgenError, BusinessError
 from batchgen.runner.pacing import Clock
 
-__all__ = ["MARGIN", "REFUSED", "SUCCESS", "UNKNOWN", "Permit", "SlidingWindow", "outcome_of"]
+__all__ = [
+    "MARGIN",
+    "REFUSED",
+    "SUCCESS",
+    "UNKNOWN",
+    "InFlightGate",
+    "Permit",
+    "SlidingWindow",
+    "outcome_of",
+]
 
 #: Seconds added to every window: the gateway stamps an entry when its answer is
 #: written, a little before ours arrives, and compares whole seconds.
@@ -52,12 +61,16 @@ def outcome_of(exc: BaseException | None) -> str:
     return UNKNOWN
 
 
+class _Holder(Protocol):
+    def settle(self, permit: Permit, outcome: str, at: float | None = None) -> None: ...
+
+
 class Permit:
-    """One request's place in the window, from before it is sent until its answer."""
+    """One request's place in a window (or gate), from before it is sent until its answer."""
 
     __slots__ = ("previous", "settled", "window")
 
-    def __init__(self, window: SlidingWindow, previous: float) -> None:
+    def __init__(self, window: _Holder, previous: float = -math.inf) -> None:
         self.window = window
         self.previous = previous  # when the slot it took would have freed
         self.settled = False
@@ -202,3 +215,28 @@ class SlidingWindow:
             free[i] = math.inf
         self._free_at = free
         self._notify()
+
+
+class InFlightGate:
+    """At most ``size`` requests unanswered at once: how the limit of a gateway is met
+    before it is known. A fresh window takes N at once, so the first requests may go as
+    fast as their answers come back; with at most ``size`` in flight when the first
+    refusal comes, at most ``size`` are refused, however far away the service is."""
+
+    def __init__(self, size: int) -> None:
+        self.size = max(1, size)
+        self.out = 0
+        self._changed = anyio.Event()
+
+    async def acquire(self) -> Permit:
+        """Wait until fewer than ``size`` are unanswered; take a place."""
+        while self.out >= self.size:
+            await self._changed.wait()
+        self.out += 1
+        return Permit(self)
+
+    def settle(self, permit: Permit, outcome: str, at: float | None = None) -> None:
+        """The request was answered (or abandoned): its place is free."""
+        self.out = max(0, self.out - 1)
+        self._changed.set()
+        self._changed = anyio.Event()
