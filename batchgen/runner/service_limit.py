@@ -235,14 +235,18 @@ class ServiceLimit:
             return 0.0
         start = self._episode_start
         if (
-            self.source in ("inferred", "remembered")
+            self.source == "remembered"
             and start is not None
             and now - start < window.window + 15.0
         ):
-            if self.source == "remembered":
-                self._adopt(window.count, window.window, "remembered", now)
-            else:  # refused at the first boundary: the window is longer than a minute
-                self._adopt(window.count, window.window + MINUTE, "inferred", now)
+            self._adopt(window.count, window.window, "remembered", now)
+            return 0.0
+        if (
+            self.source == "inferred"
+            and start is not None
+            and window.window <= now - start < window.window + 15.0
+        ):  # refused at the first boundary: the window is longer than a minute
+            self._adopt(window.count, window.window + MINUTE, "inferred", now)
             return 0.0
         self._backoff += 1
         delay = min(window.window, 2.0 ** min(self._backoff - 1, 10))
