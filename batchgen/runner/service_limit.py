@@ -234,11 +234,9 @@ class ServiceLimit:
             self._adopt(window.count, window.window, self.source, now)
             return 0.0
         start = self._episode_start
-        if (
-            self.source == "remembered"
-            and start is not None
-            and now - start < window.window + 15.0
-        ):
+        if self.source == "remembered" and (start is None or now - start < window.window + 15.0):
+            # Refused in this run's first window (nothing accepted yet, or not long ago):
+            # entries of an earlier run the mirror does not know.
             self._adopt(window.count, window.window, "remembered", now)
             return 0.0
         if (
