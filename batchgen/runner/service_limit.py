@@ -129,11 +129,13 @@ class ServiceLimit:
             return None  # the gateway never sends Retry-After: something else refused
         if limit is None and not empty:
             return None  # a 429 with a text that states no limit: an upstream busy
+        polls_newly_counted = False
         if kind == POLL:
             self._poll_probe_out = False
             self._probing_polls = False
             if self.polls_counted is not True:
                 self._polls_count(True)
+                polls_newly_counted = True
                 window = self.window
                 if window is not None and limit is None:
                     count = window.count
@@ -148,7 +150,8 @@ class ServiceLimit:
             if window is None or (window.count, window.window) != (limit.count, limit.window):
                 self._adopt(limit.count, limit.window, "stated", now)
                 return 0.0
-            if kind == POLL and self.source != "stated":
+            if kind == POLL and (self.source != "stated" or polls_newly_counted):
+                # Stated only now, or polls newly counted: rebuild with the polls answered.
                 self._adopt(limit.count, limit.window, "stated", now)
                 return 0.0
             return self._mirror_short(kind, now)
