@@ -98,8 +98,9 @@ class ServiceLimit:
         if kind == POLL and self._probing_polls:
             self._poll_probe_out = False
             window = self.window
-            if window is not None and window.next_free() > when:
-                # Accepted while the window is full: polls are not counted.
+            if window is not None and window.next_free() > when and not window.in_flight():
+                # Accepted while the window is full (of answers the gateway recorded; a
+                # slot in flight is not in its log yet): polls are not counted.
                 self._probing_polls = False
                 self._polls_count(False)
 
