@@ -169,6 +169,7 @@ class ServiceLimit:
 
     def _polls_count(self, counted: bool) -> None:
         self.polls_counted = counted
+        self._probing_polls = False  # known now, however it was learnt: no more probes
         self.version += 1
         self.notices.append(
             "polls count against the service's limit too"
