@@ -244,6 +244,12 @@ class Throttle:
         self._settle()
         if permit is not None:
             permit.settle(outcome)
+        elif (
+            outcome != REFUSED
+            and self.limit is not None
+            and (window := self.limit.window_for(self.kind)) is not None
+        ):
+            window.observe(self._clock())  # sent before the window was known
         if self.limit is not None:
             if outcome == SUCCESS:  # an answer below 400 that is still an error
                 self.limit.record_success(self.kind)
