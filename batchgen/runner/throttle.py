@@ -147,11 +147,11 @@ class Throttle:
         except BaseException:
             if permit is not None:
                 permit.settle(REFUSED)
+            if self.kind == POLL and self.limit is not None:
+                self.limit.poll_failed()  # not sent: give its poll probe (if any) back
             raise
         if self.breaker_open:
             self._probing = True
-        if self.kind == POLL and self.limit is not None:
-            self.limit.poll_sent()
         return permit
 
     async def _window_slot(self) -> Permit | None:
@@ -161,6 +161,9 @@ class Throttle:
         if self.kind == POLL:
             while not limit.poll_may_go():  # a poll probe is out: wait for its answer
                 await self._changed.wait()
+            # Claimed before anything else is awaited: no other poll passes while this
+            # one waits for a token.
+            limit.poll_sent()
         window = limit.window_for(self.kind)
         if window is None:
             return None
