@@ -118,8 +118,9 @@ class ServiceLimit:
         if kind == POLL and self._probing_polls:
             self._poll_probe_out = False
             window = self.window
-            if window is not None and window.next_free() > when:
-                # Accepted while the window is full: polls are not counted.
+            if window is not None and window.next_free() > when and not window.in_flight():
+                # Accepted while the window is full (of answers the gateway recorded; a
+                # slot in flight is not in its log yet): polls are not counted.
                 self._probing_polls = False
                 self._polls_count(False)
 
@@ -151,11 +152,13 @@ class ServiceLimit:
             return None  # the gateway never sends Retry-After: something else refused
         if limit is None and not empty:
             return None  # a 429 with a text that states no limit: an upstream busy
+        polls_newly_counted = False
         if kind == POLL:
             self._poll_probe_out = False
             self._probing_polls = False
             if self.polls_counted is not True:
                 self._polls_count(True)
+                polls_newly_counted = True
                 window = self.window
                 if window is not None and limit is None:
                     count = window.count
@@ -170,7 +173,8 @@ class ServiceLimit:
             if window is None or (window.count, window.window) != (limit.count, limit.window):
                 self._adopt(limit.count, limit.window, "stated", now)
                 return 0.0
-            if kind == POLL and self.source != "stated":
+            if kind == POLL and (self.source != "stated" or polls_newly_counted):
+                # Stated only now, or polls newly counted: rebuild with the polls answered.
                 self._adopt(limit.count, limit.window, "stated", now)
                 return 0.0
             return self._mirror_short(kind, now) if paced else 0.0
@@ -187,6 +191,7 @@ class ServiceLimit:
 
     def _polls_count(self, counted: bool) -> None:
         self.polls_counted = counted
+        self._probing_polls = False  # known now, however it was learnt: no more probes
         self.version += 1
         self.notices.append(
             "polls count against the service's limit too"
@@ -256,15 +261,17 @@ class ServiceLimit:
             self._adopt(window.count, window.window, self.source, now)
             return 0.0
         start = self._episode_start
+        if self.source == "remembered" and (start is None or now - start < window.window + 15.0):
+            # Refused in this run's first window (nothing accepted yet, or not long ago):
+            # entries of an earlier run the mirror does not know.
+            self._adopt(window.count, window.window, "remembered", now)
+            return 0.0
         if (
-            self.source in ("inferred", "remembered")
+            self.source == "inferred"
             and start is not None
-            and now - start < window.window + 15.0
-        ):
-            if self.source == "remembered":
-                self._adopt(window.count, window.window, "remembered", now)
-            else:  # refused at the first boundary: the window is longer than a minute
-                self._adopt(window.count, window.window + MINUTE, "inferred", now)
+            and window.window <= now - start < window.window + 15.0
+        ):  # refused at the first boundary: the window is longer than a minute
+            self._adopt(window.count, window.window + MINUTE, "inferred", now)
             return 0.0
         self._backoff += 1
         delay = min(window.window, 2.0 ** min(self._backoff - 1, 10))

@@ -158,11 +158,11 @@ class Throttle:
         except BaseException:
             if permit is not None:
                 permit.settle(REFUSED)
+            if self.kind == POLL and self.limit is not None:
+                self.limit.poll_failed()  # not sent: give its poll probe (if any) back
             raise
         if self.breaker_open:
             self._probing = True
-        if self.kind == POLL and self.limit is not None:
-            self.limit.poll_sent()
         return permit
 
     async def _window_slot(self) -> Permit | None:
@@ -172,6 +172,9 @@ class Throttle:
         if self.kind == POLL:
             while not limit.poll_may_go():  # a poll probe is out: wait for its answer
                 await self._changed.wait()
+            # Claimed before anything else is awaited: no other poll passes while this
+            # one waits for a token.
+            limit.poll_sent()
         window = limit.window_for(self.kind)
         if window is None:
             if limit.discovering(self.kind):
@@ -268,6 +271,12 @@ class Throttle:
         self._settle()
         if permit is not None:
             permit.settle(outcome)
+        elif (
+            outcome != REFUSED
+            and self.limit is not None
+            and (window := self.limit.window_for(self.kind)) is not None
+        ):
+            window.observe(self._clock())  # sent before the window was known
         if self.limit is not None:
             if outcome == SUCCESS:  # an answer below 400 that is still an error
                 self.limit.record_success(self.kind)

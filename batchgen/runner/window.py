@@ -55,7 +55,8 @@ def outcome_of(exc: BaseException | None) -> str:
     if exc is None or isinstance(exc, BusinessError):
         return SUCCESS
     if isinstance(exc, APIError):
-        return REFUSED
+        # HTTP 200 with an error code (-22, task not found) is an answer below 400 too.
+        return SUCCESS if exc.status is not None and exc.status < 400 else REFUSED
     if isinstance(exc, BatchgenError) and exc.accepted is Accepted.NO:
         return REFUSED
     return UNKNOWN
