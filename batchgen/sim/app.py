@@ -13,7 +13,8 @@ closes the transport, so the client sees a lost connection, not an error status;
 This module owns the ASGI entry, the lifespan and the route table. The handlers are in
 route groups over one shared :class:`~batchgen.sim.service.Service` (time, drops,
 sign-in, limits, billing): :mod:`.task_routes` (generate, draw, result, streams),
-:mod:`.openai_routes` (images, chat) and :mod:`.admin_routes` (getCredits,
+:mod:`.openai_routes` (images, chat), :mod:`.preflight_routes` (models, billing,
+``/api/status``, ``/api/pricing``) and :mod:`.admin_routes` (getCredits,
 getModelStatus, ``/_sim/*``); a new group of routes gets a module of its own and its
 rows in the table here.
 """
@@ -29,6 +30,7 @@ from batchgen.sim.files import FileHost
 from batchgen.sim.gateway import body_of
 from batchgen.sim.images import DEFAULT_CACHE_BYTES, ImageCache
 from batchgen.sim.openai_routes import OpenAIRoutes
+from batchgen.sim.preflight_routes import PreflightRoutes
 from batchgen.sim.service import Handler, Service
 from batchgen.sim.state import SimState
 from batchgen.sim.task_routes import TaskRoutes
@@ -70,6 +72,7 @@ class SimApp:
             "/api/user/playground/api/generate": {"POST": play(tasks.generate)},
             "/api/user/playground/draw/nano-banana": {"POST": play(tasks.draw)},
             "/api/user/playground/draw/result": {"POST": play(tasks.result, poll=True)},
+            **PreflightRoutes(self.service, self._not_found).table(),
             "/client/common/getCredits": {"GET": admin.credits},
             "/client/common/getModelStatus": {"GET": admin.model_status},
             "/_sim/config": {"GET": admin.get_config, "POST": admin.set_config},
@@ -110,9 +113,10 @@ class SimApp:
         stamp: tuple[tuple[bytes, bytes], ...] = ()
         if config.wire == "gateway":
             stamp = ((b"x-new-api-version", config.api_version.encode()),)
+        client = scope.get("client")
         req = Request(
             method, path, scope.get("query_string", b""), headers, receive, send,
-            state.next_request_id().encode(), origin, stamp,
+            state.next_request_id().encode(), origin, stamp, client[0] if client else "",
         )  # fmt: skip
         methods = self._routes.get(path)
         handler: Handler | None

@@ -5,7 +5,8 @@ running simulator's config (from Python, or with ``POST /_sim/config``) changes 
 behaviour at once. :func:`configure_parser` and :func:`config_from_args` map the
 ``batchgen sim`` options onto the fields one to one; ``--profile gateway`` (and
 :func:`gateway_profile`) starts from a preset "like the real service" that explicit
-options then override. The checks of single values live in :mod:`.values`.
+options then override. The checks of single values live in :mod:`.values`; the fields
+of the preflight routes are checked, and get their options, in :mod:`.preflight`.
 """
 
 from __future__ import annotations
@@ -19,16 +20,23 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from batchgen.api.catalog import DEFAULT_PRICES
+from batchgen.sim.preflight import (
+    DisplayCurrency,
+    add_preflight_options,
+    check_preflight,
+    default_group_ratios,
+    preflight_values,
+)
 from batchgen.sim.values import (
-    coerce,
+    checked_changes,
     count,
     given,
-    mask_key,
     non_negative,
     pair,
     positive,
     price,
     probability,
+    public_json,
     tracked,
 )
 
@@ -152,8 +160,24 @@ class SimConfig:
     #: ``gateway`` (new-api's codes, English or Accept-Language Chinese messages ending
     #: in the request id, its request-id format and ``X-New-Api-Version``).
     wire: Wire = "sim"
-    #: ``X-New-Api-Version`` of the gateway wire.
+    #: ``X-New-Api-Version`` of the gateway wire (and ``version`` in ``/api/status``).
     api_version: str = "v0.10.4"
+    #: The site's display unit (``quota_display_type``): ``prices``, ``credits`` and
+    #: ``token_quota`` are in it.
+    display_currency: DisplayCurrency = "CNY"
+    #: CNY per USD (``/api/status``); ``/api/pricing``'s USD prices are derived with it.
+    usd_exchange_rate: float = 7.3
+    #: Quota units per USD, as ``/api/status`` states it.
+    quota_per_unit: int = 500000
+    #: Price factor per user group; the key's ``group``, if not in it, has ratio 1.
+    group_ratios: dict[str, float] = field(default_factory=default_group_ratios)
+    #: Preflight routes answering 404: models, subscription, usage, status, pricing.
+    hidden_routes: list[str] = field(default_factory=list)
+    #: Requests per client IP per 180 s to ``/api/*`` and ``/v1/dashboard/billing/*``
+    #: (a sliding count; past it a bare 429); 0 = off.
+    dashboard_limit: int = 0
+    #: The billing routes answer HTTP 200 ``{"error": {...}}`` (their handler failed).
+    billing_error: bool = False
 
     def effective_burst(self) -> float:
         """The submission bucket's capacity: ``burst`` or max(1, rpm/60)."""
@@ -215,6 +239,7 @@ class SimConfig:
                 self.result_url_template.format(origin="http://h", file="f.png")
             except (KeyError, IndexError, ValueError) as exc:
                 raise ValueError(f"result_url_template is not usable: {exc}") from exc
+        check_preflight(self)
 
     def update(self, changes: Mapping[str, object]) -> None:
         """Apply ``changes`` (field name -> JSON value) all at once, or none of them.
@@ -222,33 +247,15 @@ class SimConfig:
         Raises ValueError for an unknown field, a value of the wrong type, or a result
         that fails :meth:`validate`; the config is then unchanged.
         """
-        hints = typing.get_type_hints(SimConfig)
-        unknown = sorted(set(changes) - set(hints))
-        if unknown:
-            raise ValueError(f"unknown config field(s): {', '.join(unknown)}")
-        candidate = dataclasses.replace(self)
-        for name, value in changes.items():
-            setattr(candidate, name, coerce(name, hints[name], value))
+        candidate = dataclasses.replace(self, **checked_changes(SimConfig, changes))
         candidate.validate()
         for f in dataclasses.fields(self):
             setattr(self, f.name, getattr(candidate, f.name))
 
     def to_json(self) -> dict[str, object]:
         """The config as a JSON object, with API keys masked (``sk-***`` + last 4), in
-        ``keys`` and ``ip_blocked``."""
-        data: dict[str, object] = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, list):
-                value = list(value)
-            elif isinstance(value, dict):
-                value = dict(value)
-            data[f.name] = value
-        data["keys"] = [mask_key(k) for k in self.keys]
-        data["ip_blocked"] = [mask_key(k) for k in self.ip_blocked]
-        # Session cookies are credentials too.
-        data["sessions"] = {"***" + s[-4:]: user for s, user in self.sessions.items()}
-        return data
+        ``keys`` and ``ip_blocked``, and session cookies cut to their last 4 characters."""
+        return public_json({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
 
     def summary(self) -> str:
         """One line naming the active limiter, limits, faults and protocol variants."""
@@ -291,13 +298,15 @@ PROFILES: dict[str, dict[str, object]] = {
         "gateway_window": 60.0,
         "wire": "gateway",
         "retry_after": False,
+        "dashboard_limit": 180,
     },
 }
 
 
 def gateway_profile(**overrides: Any) -> SimConfig:
     """A config "like the real service": new-api's limiter (60 successes a minute per
-    account, polls free) and error bodies, no Retry-After; ``overrides`` win.
+    account, polls free) and error bodies, no Retry-After, 180 preflight requests per
+    180 s per IP; ``overrides`` win.
 
     Raises ValueError (or TypeError for an unknown field) like :class:`SimConfig`.
     """
@@ -460,6 +469,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="error bodies: the seed's codes (sim) or new-api's (gateway) (%(default)s)",
     )
     g("--api-version", default=d.api_version, metavar="V", help="X-New-Api-Version (v0.10.4)")
+    add_preflight_options(parser, d)
 
 
 def config_from_args(ns: argparse.Namespace) -> SimConfig:
@@ -476,6 +486,7 @@ def config_from_args(ns: argparse.Namespace) -> SimConfig:
     values["keys"] = list(ns.keys) if ns.keys else ["sk-sim"]
     values["prices"] = {**DEFAULT_PRICES, **dict(ns.prices)}
     values["sessions"] = dict(ns.sessions) if ns.sessions else {"sim-session": "1"}
+    values.update(preflight_values(ns))
     config = SimConfig(**values)
     config.validate()
     return config

@@ -7,8 +7,8 @@ session), 429s as configured (the ``bucket`` limiter's in the handlers, the ``ga
 limiter's around them, in :meth:`Service.api` and :meth:`Service.playground`), model
 checks, and running a checked submission through the faults and billing. Errors of the
 gateway's table come from :mod:`.gateway`, in the configured wire. The route handlers
-live in :class:`RouteGroup` subclasses
-(:mod:`.task_routes`, :mod:`.openai_routes`, :mod:`.admin_routes`) and answer by
+live in :class:`RouteGroup` subclasses (:mod:`.task_routes`, :mod:`.openai_routes`,
+:mod:`.preflight_routes`, :mod:`.admin_routes`) and answer by
 sending, or by raising :class:`~batchgen.sim.wire.Reply`.
 """
 

@@ -423,11 +423,13 @@ class SimState:
         decimals: ``charged_total``, ``refunded_total``. Maps: ``requests_by_route``
         (``"POST /v1/draw/result": n``), ``tasks_by_status`` (running/succeeded/failed),
         ``rate_limited_by_route`` (the 429s among them), ``charges_by_key`` (charges
-        per ``key#N`` / ``user:ID``; keys never appear).
+        per ``key#N`` / ``user:ID``; keys never appear), ``usage_by_key`` (what each
+        of them was charged minus what was refunded, rounded to 6 decimals).
         """
         self.settle()
         c = self.counters
-        charges = {a.label: a.charges for a in self._accounts.values() if a.charges}
+        charged = [a for a in self._accounts.values() if a.charges]
+        charges = {a.label: a.charges for a in charged}
         return {
             "submissions_charged": c.submissions_charged,
             "submissions_dropped": c.submissions_dropped,
@@ -447,6 +449,7 @@ class SimState:
             "downloads_expired": c.downloads_expired,
             "downloads_with_credentials": c.downloads_with_credentials,
             "charges_by_key": charges,
+            "usage_by_key": {a.label: round(a.spent, 6) or 0.0 for a in charged},
         }
 
     def task_rows(self) -> list[dict[str, object]]:

@@ -1,9 +1,11 @@
 """Checking the simulator's settings: JSON values, option values, options given.
 
 :func:`coerce` checks a JSON value against a :class:`~batchgen.sim.config.SimConfig`
-field's type (for ``update`` and ``POST /_sim/config``); the ``argparse`` types
+field's type, and :func:`checked_changes` a JSON object of changes against all of them
+(for ``update`` and ``POST /_sim/config``); the ``argparse`` types
 (:func:`pair`, :func:`price`, :func:`probability`, :func:`non_negative`, :func:`count`,
-:func:`positive`) check ``batchgen sim`` options; :func:`tracked` makes options remember
+:func:`positive`) check ``batchgen sim`` options; :func:`public_json` is a config's JSON
+form with its secrets masked; :func:`tracked` makes options remember
 that they were given, so that :func:`given` can tell a ``--profile`` which of its
 values the command line overrides (even with a value equal to the default).
 """
@@ -14,10 +16,11 @@ import argparse
 import math
 import types
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 __all__ = [
+    "checked_changes",
     "coerce",
     "count",
     "given",
@@ -27,6 +30,7 @@ __all__ = [
     "positive",
     "price",
     "probability",
+    "public_json",
     "tracked",
 ]
 
@@ -36,6 +40,33 @@ _GIVEN = "_sim_options_given"
 def mask_key(key: str) -> str:
     """``sk-***`` plus the last 4 characters, or just ``sk-***`` for a short key."""
     return "sk-***" + key[-4:] if len(key) >= 12 else "sk-***"
+
+
+def public_json(fields: dict[str, object]) -> dict[str, object]:
+    """A config's fields (name -> value) as JSON: lists and dicts copied, the API keys of
+    ``keys`` and ``ip_blocked`` masked, session cookies cut to their last 4 characters."""
+    data: dict[str, object] = {}
+    for name, value in fields.items():
+        if isinstance(value, list):
+            value = list(value)
+        elif isinstance(value, dict):
+            value = dict(value)
+        data[name] = value
+    for name in ("keys", "ip_blocked"):
+        data[name] = [mask_key(k) for k in typing.cast(list[str], fields[name])]
+    sessions = typing.cast(dict[str, str], fields["sessions"])
+    data["sessions"] = {"***" + s[-4:]: user for s, user in sessions.items()}
+    return data
+
+
+def checked_changes(cls: type, changes: Mapping[str, object]) -> dict[str, Any]:
+    """``changes`` (field name -> JSON value) converted to the field types of the
+    dataclass ``cls``; raises ValueError for an unknown field or a value of a wrong type."""
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(changes) - set(hints))
+    if unknown:
+        raise ValueError(f"unknown config field(s): {', '.join(unknown)}")
+    return {name: coerce(name, hints[name], value) for name, value in changes.items()}
 
 
 def coerce(name: str, hint: object, value: object) -> object:

@@ -116,12 +116,12 @@ class Request:
     """One HTTP request of the ASGI app, with helpers to read its body and answer it.
 
     Every answer carries ``X-Oneapi-Request-Id`` and the ``stamp`` headers; ``status``
-    is the status sent, None until the answer starts.
+    is the status sent, None until the answer starts; ``client`` is the caller's IP.
     """
 
     __slots__ = (
-        "headers", "method", "origin", "path", "query", "receive", "request_id", "send",
-        "stamp", "status",
+        "client", "headers", "method", "origin", "path", "query", "receive", "request_id",
+        "send", "stamp", "status",
     )  # fmt: skip
 
     def __init__(
@@ -135,7 +135,9 @@ class Request:
         request_id: bytes,
         origin: str,
         stamp: Sequence[Header] = (),
+        client: str = "",
     ) -> None:
+        self.client = client
         self.method = method
         self.path = path
         self.query = query
