@@ -80,17 +80,23 @@ async def permit_now(throttle: Throttle) -> Permit:
 
 @pytest.mark.anyio
 async def test_before_any_429_acquire_gives_no_permit_and_discovery_runs() -> None:
-    """Until a 429 says what the gateway's limit is, acquire() returns None and the rate is
+    """Until a 429 says what the gateway's limit is, acquire() returns None (after the
+    first submission, which goes alone to see what the service is) and the rate is
     discovered as before."""
     clock = FakeClock()
     limit = ServiceLimit(clock=clock)
     throttle = Throttle(rate_per_minute=None, rng=TopRandom(), clock=clock, limit=limit)
     with anyio.fail_after(1):
+        first = await throttle.acquire()
+        assert first is not None  # the first contact
+        throttle.on_success(permit=first)
+        assert limit.contacted
         assert await throttle.acquire() is None
     assert not throttle.windowed
-    for _ in range(10):
+    for _ in range(9):  # with the first contact's: ten successes in 0.45 s
         clock.advance(0.05)
         throttle.on_success()
+    clock.advance(0.05)
     throttle.on_rate_limited(None)  # a 429 that says nothing of a limit: an upstream busy
     assert throttle.rate_per_minute == pytest.approx(20 * 60)
     assert throttle.estimator is not None
@@ -104,6 +110,7 @@ async def test_empty_429_from_elsewhere_is_left_to_discovery() -> None:
     clock = FakeClock()
     limit = ServiceLimit(clock=clock)
     throttle = Throttle(rate_per_minute=None, rng=TopRandom(), clock=clock, limit=limit)
+    limit.saw_server(None)  # an answer came, naming no gateway
     for _ in range(10):
         clock.advance(0.05)
         throttle.on_success()

@@ -27,10 +27,11 @@ class LatencyModel:
         self._predicted.append(max(0.0, latency))
 
     def quantile(self, q: float) -> float | None:
-        """The ``q`` quantile (0..1) of the recent latencies (or, before three tasks
-        finished, of the predicted ones); None with fewer than three of either."""
-        sample = self._recent if len(self._recent) >= 3 else self._predicted
-        if len(sample) < 3:
-            return None
-        ordered = sorted(sample)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+        """The ``q`` quantile (0..1) of the recent latencies; before three tasks were seen
+        finishing, the longest predicted one (the safe guess); None with neither."""
+        if len(self._recent) >= 3:
+            ordered = sorted(self._recent)
+            return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+        if self._predicted:
+            return max(self._predicted)
+        return None

@@ -19,6 +19,7 @@ import anyio
 from batchgen.api.responses import TaskInfo
 from batchgen.errors import BatchgenError, RateLimitError
 from batchgen.runner.policy import poll_failed, task_failed
+from batchgen.runner.service_limit import POLL
 from batchgen.runner.state import InFlight, RunState
 from batchgen.runner.transitions import fail, generated
 from batchgen.runner.window import UNKNOWN, outcome_of
@@ -36,6 +37,8 @@ __all__ = [
 #: window.
 FRUGAL_QUANTILE = 0.95
 FRUGAL_MARGIN = 1.1
+#: Seconds a poll may wait for its turn and still say when its task ended.
+LATE_POLL = 0.5
 
 
 def _frugal(run: RunState) -> bool:
@@ -104,7 +107,46 @@ async def poll_worker(run: RunState) -> None:
 
 async def _poll_one(run: RunState, task: InFlight) -> None:
     assert task.remote_id is not None
+    if await _wait_for_scout(run, task):
+        return
+    try:
+        await _ask(run, task)
+    finally:
+        if run.scout is task:  # its answer says when the others' tasks end
+            run.scout = None
+            run.scout_back.set()
+            run.scout_back = anyio.Event()
+
+
+async def _wait_for_scout(run: RunState, task: InFlight) -> bool:
+    """Where polls are dear, a task's first poll goes when what is known now says it is
+    done (its schedule was made with less). While nothing says yet how long tasks take,
+    one task is polled (the scout) and the others wait for its answer, whose progress
+    predicts their ends, instead of each spending a poll to learn the same thing.
+    True: rescheduled."""
+    if not _frugal(run) or task.polls:
+        return False
+    if run.latencies.quantile(FRUGAL_QUANTILE) is None:
+        window = run.limit.window_for(POLL)
+        if window is not None and window.next_free() > anyio.current_time():
+            return False  # polls queue for the window: a scout's answer would come late
+        if run.scout is None:
+            run.scout = task
+            return False
+        await run.scout_back.wait()
+    remaining = first_poll_delay(run) - (anyio.current_time() - task.submitted_mono)
+    if remaining > 0.05:
+        run.schedule(remaining, "poll", task)
+        return True
+    return False
+
+
+async def _ask(run: RunState, task: InFlight) -> None:
+    assert task.remote_id is not None
     permit = await run.poll_throttle.acquire()
+    # A poll that went later than it was meant to (it waited for the service's window,
+    # or for the scout) finds the task done later than it ended: its age is no latency.
+    late = anyio.current_time() - task.poll_due > LATE_POLL
     task.polls += 1
     try:
         info = await run.client.get_result(task.remote_id)
@@ -122,7 +164,7 @@ async def _poll_one(run: RunState, task: InFlight) -> None:
     if not info.status.terminal:
         await still_running(run, task, info)
         return
-    await task_ended(run, task, info)
+    await task_ended(run, task, info, late=late)
 
 
 async def still_running(run: RunState, task: InFlight, info: TaskInfo) -> None:
@@ -144,11 +186,14 @@ async def still_running(run: RunState, task: InFlight, info: TaskInfo) -> None:
     run.schedule(next_poll_delay(run, task, info), "poll", task)
 
 
-async def task_ended(run: RunState, task: InFlight, info: TaskInfo, *, exact: bool = False) -> None:
-    """The service says the task ended (a poll, or a stream's last frame: ``exact``)."""
+async def task_ended(
+    run: RunState, task: InFlight, info: TaskInfo, *, exact: bool = False, late: bool = False
+) -> None:
+    """The service says the task ended (a poll, or a stream's last frame: ``exact``;
+    ``late``: found by a poll that waited for its turn, so its age says little)."""
     # A task the service finished is the round trip that grows the in-flight limit.
     run.inflight.on_success()
-    if not task.adopted:  # an earlier run's task: its age says nothing of latency
+    if not task.adopted and not late:  # an earlier run's task: its age says nothing
         observe_latency(run, task, exact=exact)
     if info.succeeded:
         await generated(run, task, info.results, remote_id=task.remote_id)

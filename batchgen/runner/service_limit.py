@@ -28,9 +28,11 @@ import math
 from collections.abc import Mapping
 from typing import Any, Final
 
+import anyio
+
 from batchgen.errors import StatedLimit
 from batchgen.runner.pacing import Clock, TokenBucket
-from batchgen.runner.window import InFlightGate, SlidingWindow
+from batchgen.runner.window import InFlightGate, Permit, SlidingWindow
 
 __all__ = ["POLL", "SUBMIT", "ServiceLimit"]
 
@@ -38,9 +40,11 @@ SUBMIT, POLL = "submit", "poll"
 #: The gateway's windows are whole minutes; an inferred window starts at one.
 MINUTE: Final = 60.0
 _HISTORY: Final = 8192
-#: Submissions unanswered at once while a gateway's limit is being found: as many may
-#: be refused when it is reached.
-DISCOVERY_IN_FLIGHT: Final = 2
+#: Submissions unanswered at once while a gateway's limit is being found (at most; see
+#: ``_Contact``): as many may be refused when it is reached.
+DISCOVERY_IN_FLIGHT: Final = 4
+#: A round trip below this is "near": one submission at a time while discovering.
+NEAR_RTT: Final = 0.05
 
 
 class ServiceLimit:
@@ -65,15 +69,37 @@ class ServiceLimit:
         # Until the gateway's window is known, submissions go as fast as answers come
         # back, a few at a time (see InFlightGate).
         self.gate = InFlightGate(DISCOVERY_IN_FLIGHT)
+        # The first submission goes alone: its answer says what the service is (a
+        # new-api gateway names its version) before the others choose how to pace.
+        self.contacted = False
+        self._contact_out = False
+        self._contact = anyio.Event()
         self._backoff = 0  # refusals in a row while the window looked open
         self._episode_start: float | None = None
 
     # --- what the throttles ask ----------------------------------------------------
 
     def saw_server(self, version: str | None) -> None:
-        """An answer named the gateway's version: its limiter is new-api's."""
+        """An answer came (naming the gateway's version when it is new-api's)."""
         if version and not self.gateway:
             self.gateway = True
+        self._contacted()
+
+    def _contacted(self) -> None:
+        if not self.contacted:
+            self.contacted = True
+            self._contact.set()
+
+    async def first_contact(self) -> Permit | None:
+        """Before any answer: the first caller goes (its permit, settled by the answer,
+        ends the wait); the others wait for that answer. None once contacted."""
+        if self.contacted or self.window is not None:
+            return None
+        if not self._contact_out:
+            self._contact_out = True
+            return Permit(_Contact(self))
+        await self._contact.wait()
+        return None
 
     def discovering(self, kind: str) -> bool:
         """Whether requests of ``kind`` meet a new-api limiter that has not said its
@@ -81,8 +107,12 @@ class ServiceLimit:
         return kind == SUBMIT and self.gateway and self.window is None
 
     def polls_frugal(self) -> bool:
-        """Whether polls should be spent sparingly: they count, or may (new-api)."""
-        return self.polls_counted is True or (self.gateway and self.polls_counted is None)
+        """Whether polls should be spent sparingly: they count, or may (a new-api gateway
+        that has not said), or the run is paced by the gateway's window anyway (then a
+        task found done a little later costs nothing: the window sets the pace)."""
+        if self.polls_counted is True:
+            return True
+        return self.gateway and (self.polls_counted is None or self.window is not None)
 
     def window_for(self, kind: str) -> SlidingWindow | None:
         """The window requests of ``kind`` must take a slot of, if any."""
@@ -306,3 +336,20 @@ class ServiceLimit:
         counted = meta.get("polls_counted")
         self.polls_counted = counted if isinstance(counted, bool) else None
         self.gateway = bool(meta.get("gateway"))
+
+
+class _Contact:
+    """The holder of the first contact's permit: its answer (or its end) is contact,
+    and its round trip sizes the discovery gate."""
+
+    def __init__(self, limit: ServiceLimit) -> None:
+        self._limit = limit
+        self._sent = limit._clock()
+
+    def settle(self, permit: Permit, outcome: str, at: float | None = None) -> None:
+        rtt = self._limit._clock() - self._sent
+        # Near the service, one request at a time fills a window in moments (and costs
+        # one 429 when it is full); far away, a few in flight keep the window's first
+        # fill from stretching over seconds, at a 429 each when it is reached.
+        self._limit.gate.size = max(1, min(DISCOVERY_IN_FLIGHT, math.ceil(rtt / NEAR_RTT)))
+        self._limit._contacted()

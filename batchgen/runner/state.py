@@ -79,6 +79,7 @@ class InFlight:
     results: tuple[ResultImage, ...] = ()
     permit: Permit | None = None  # its place in the service's window, while sending
     last_running: tuple[float | None, int] = (None, 0)  # (elapsed, progress) last seen running
+    poll_due: float = 0.0  # when its next poll was meant to go (the run's clock)
     slot: bool = False
     settled: bool = False  # needs nothing more from this run
     adopted: bool = False  # left at the service (or half-downloaded) by an earlier run
@@ -225,6 +226,8 @@ class RunState:
         self.reserved = 0.0
         self.latency_ewma: float | None = None
         self.latencies = LatencyModel()
+        self.scout: InFlight | None = None  # the one task polled to learn latency (dear polls)
+        self.scout_back = anyio.Event()
         self.shields: set[anyio.CancelScope] = set()
         self.submit_scope = anyio.CancelScope()
         self.drain_scope = anyio.CancelScope()
@@ -355,7 +358,10 @@ class RunState:
 
     def schedule(self, delay: float, kind: str, task: InFlight) -> None:
         """Hand ``task`` to the ``poll``, ``download`` or ``submit`` stage after ``delay``."""
-        heapq.heappush(self._heap, (anyio.current_time() + delay, next(self._seq), kind, task))
+        due = anyio.current_time() + delay
+        if kind == "poll":
+            task.poll_due = due
+        heapq.heappush(self._heap, (due, next(self._seq), kind, task))
         self._heap_changed.set()
 
     def retry_later(self, task: InFlight, delay: float) -> None:

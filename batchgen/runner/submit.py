@@ -168,6 +168,7 @@ async def _send(run: RunState, task: InFlight, stack: contextlib.AsyncExitStack)
             run.throttle.on_abandoned(task.permit, UNKNOWN)
             raise
         task.phase = "answered"
+        run.limit.saw_server(run.client.server_version)
         if not isinstance(exc, RateLimitError):  # a 429 tells the throttle more (policy)
             run.throttle.on_abandoned(task.permit, outcome_of(exc))
         await submission_failed(run, task, exc)

@@ -175,6 +175,8 @@ class Throttle:
             # Claimed before anything else is awaited: no other poll passes while this
             # one waits for a token.
             limit.poll_sent()
+        if self.kind == SUBMIT and (contact := await limit.first_contact()) is not None:
+            return contact
         window = limit.window_for(self.kind)
         if window is None:
             if limit.discovering(self.kind):
@@ -189,6 +191,7 @@ class Throttle:
         so no slow start; the gate keeps a few in flight instead."""
         if not self._gated:
             self._gated = True
+            self.estimator = None  # a sliding log has no rate to discover
             self.bucket.set_rate(None)
 
     async def _total_token(self) -> None:
@@ -258,10 +261,14 @@ class Throttle:
         if limit is None:
             return
         limit.record_success(self.kind)
-        if permit is not None:
+        window = limit.window_for(self.kind)
+        if permit is not None and permit.window is window:
             permit.settle(SUCCESS)
-        elif (window := limit.window_for(self.kind)) is not None:
-            window.observe(self._clock())  # sent before the window was known
+        else:
+            if permit is not None:
+                permit.settle(SUCCESS)  # the gate's
+            if window is not None:
+                window.observe(self._clock())  # sent before the window was known
         self._notify()
 
     def on_abandoned(self, permit: Permit | None = None, outcome: str = REFUSED) -> None:
