@@ -136,6 +136,7 @@ def cases(*, quick: bool) -> list[GatewayCase]:
     big = 90 if quick else 120
     return [
         GatewayCase(f"60/min, {big} images, message 429s", big, 60),
+        GatewayCase(f"60/min, {big} images, message 429s, async", big, 60, reply="async"),
         GatewayCase("6/min, 18 images, message 429s", 18, 6),
         GatewayCase(
             f"60/min, {big} images, polls counted, empty 429s, async",

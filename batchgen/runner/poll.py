@@ -61,7 +61,13 @@ def observe_latency(run: RunState, task: InFlight, *, exact: bool = False) -> No
     """Learn when to poll first from a task just found finished (``exact``: seen
     ending, as a stream's last frame is, rather than found ended by a poll)."""
     latency = anyio.current_time() - task.submitted_mono
-    run.latencies.add(latency if exact else _estimate(task, latency))
+    if exact:
+        run.latencies.add(latency)
+    elif task.last_running[0] is not None:
+        run.latencies.add(_estimate(task, latency))
+    # Else it was done at its first poll: it took at most that long, which is no
+    # sample (a first poll aimed at the samples would find every task done, and the
+    # samples would grow with each generation).
     if run.latency_ewma is None:
         run.latency_ewma = latency
     elif task.polls <= 1 and not exact:

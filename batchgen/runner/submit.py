@@ -128,7 +128,12 @@ async def _interrupted(run: RunState, task: InFlight) -> None:
 
 
 def _streams(run: RunState, task: InFlight) -> bool:
-    """Whether this submission streams: one request per image, no polls."""
+    """Whether this submission streams: one request per image, no polls.
+
+    ``auto`` streams once the service has shown that it counts polls against its limit
+    (a stream is one request per image, a submission and its polls at least two; see
+    benchmarks/README.md, scenario 7, for the figures); it stays async otherwise.
+    """
     reply = run.limits.reply
     if task.row.endpoint != "generate" or reply == "async":
         return False
