@@ -13,6 +13,7 @@ an exception passes through :func:`redact`.
     ├── UsageError                 bad command-line usage                      (exit 2)
     ├── SpecError                  the job spec is invalid; .issues lists all  (exit 2)
     ├── ConfigError                missing key, bad base URL, unusable folder  (exit 3)
+    │   └── PreflightError         the service says the job cannot run as planned (exit 1)
     ├── LedgerError                the ledger cannot be opened or is foreign   (exit 3)
     ├── APIError                   the service answered with an error          (accepted: no)
     │   ├── AuthenticationError    401, any code: invalid, expired or used-up key (exit 3)
@@ -41,7 +42,7 @@ an exception passes through :func:`redact`.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -64,6 +65,7 @@ __all__ = [
     "ModelUnavailableError",
     "NotAnImageError",
     "PermissionDeniedError",
+    "PreflightError",
     "QuotaExceededError",
     "RateLimitError",
     "RequestTimeoutError",
@@ -173,6 +175,14 @@ class ConfigError(BatchgenError):
 
     default_code = "config"
     exit_code = 3
+
+
+class PreflightError(ConfigError):
+    """The service says, before anything is paid, that the job cannot run as planned
+    (a model of the spec is not available to this key)."""
+
+    default_code = "preflight"
+    exit_code = 1
 
 
 class LedgerError(BatchgenError):
@@ -469,22 +479,3 @@ def leaf_error(exc: BaseException) -> BaseException:
         ):
             return leaf
     return leaves[0] if leaves else exc
-
-
-def error_from_mapping(data: Mapping[str, object]) -> str:
-    """Pick the human message out of an error body: ``msg``, ``error.message``, ``message``."""
-    for key in ("msg",):
-        value = data.get(key)
-        if isinstance(value, str) and value:
-            return value
-    error = data.get("error")
-    if isinstance(error, Mapping):
-        value = error.get("message")
-        if isinstance(value, str) and value:
-            return value
-    elif isinstance(error, str) and error:
-        return error
-    value = data.get("message")
-    if isinstance(value, str) and value:
-        return value
-    return ""

@@ -296,7 +296,7 @@ def test_run_with_a_refused_key_exits_3_with_one_line(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """A key the service refuses ends `run` with exit 3, one line on stderr, no traceback,
-    and a consistent ledger."""
+    and nothing written: the preflight refuses it before the ledger is opened."""
     monkeypatch.setenv("COBABA_API_KEY", "sk-wrong-0123456789abcdef")
     spec = subjects_spec(tmp_path, ["cat", "dog"])
     assert main(["run", "--quiet", "--base-url", sim.base_url, str(spec)]) == 3
@@ -306,8 +306,7 @@ def test_run_with_a_refused_key_exits_3_with_one_line(
     assert "401" in err
     assert "0123456789abcdef" not in err
     _no_traceback(err)
-    rows = anyio.run(ledger_rows, spec, backend="asyncio")
-    assert {r.state for r in rows} == {TaskState.PENDING}
+    assert not (tmp_path / "out" / "batchgen.sqlite").exists()
 
 
 def test_run_sim_needs_no_key_and_writes_beside_the_real_output(

@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from batchgen import errors
+from batchgen.api.messages import error_from_mapping
 from batchgen.errors import (
     Accepted,
     AccessDeniedError,
@@ -27,6 +28,7 @@ from batchgen.errors import (
     ModelUnavailableError,
     NotAnImageError,
     PermissionDeniedError,
+    PreflightError,
     QuotaExceededError,
     RateLimitError,
     RequestTimeoutError,
@@ -40,7 +42,6 @@ from batchgen.errors import (
     UnsafeURLError,
     UpstreamError,
     UsageError,
-    error_from_mapping,
     redact,
     register_secret,
 )
@@ -55,6 +56,7 @@ ALL_CLASSES: list[type[BatchgenError]] = [
     UsageError,
     SpecError,
     ConfigError,
+    PreflightError,
     LedgerError,
     APIError,
     AuthenticationError,
@@ -86,6 +88,7 @@ DEFAULTS: list[tuple[type[BatchgenError], type[Exception], str, bool, Accepted, 
     (UsageError, BatchgenError, "usage", False, Accepted.NO, 2),
     (SpecError, BatchgenError, "invalid_spec", False, Accepted.NO, 2),
     (ConfigError, BatchgenError, "config", False, Accepted.NO, 3),
+    (PreflightError, ConfigError, "preflight", False, Accepted.NO, 1),
     (LedgerError, BatchgenError, "ledger", False, Accepted.NO, 3),
     (APIError, BatchgenError, "api_error", False, Accepted.NO, 1),
     (AuthenticationError, APIError, "invalid_api_key", False, Accepted.NO, 3),

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from batchgen.api.catalog import DEFAULT_PRICES
 from batchgen.spec.load import Spec, load_spec
 from batchgen.spec.matrix import expand
 from batchgen.spec.plan import (
@@ -47,7 +48,7 @@ def test_validate_summary_of_quickstart(monkeypatch: pytest.MonkeyPatch) -> None
     spec = load_spec("jobs/quickstart.yaml")
     assert validate_summary(spec) == (
         "jobs/quickstart.yaml: ok, 8 tasks (2 models \u00d7 2 ratios \u00d7 2 subjects), "
-        "est. 0.35 CNY"
+        "est. 0.46 CNY"
     )
 
 
@@ -75,7 +76,7 @@ def test_plan_summary_counts_per_value(tmp_path: Path) -> None:
     assert axes["model"] == {"nano-banana-fast": 6, "nano-banana-pro": 4}
     assert axes["aspect_ratio"] == {"1:1": 4, "16:9": 4, "9:16": 2}
     assert axes["subject"] == {"cat": 5, "dog": 5}
-    assert summary.cost_total == pytest.approx(6 * 0.022 + 4 * 0.198)
+    assert summary.cost_total == pytest.approx(6 * DEFAULT_PRICES["nano-banana-fast"] + 4 * 0.198)
 
 
 def test_plan_summary_with_done_keys(tmp_path: Path) -> None:
@@ -85,7 +86,7 @@ def test_plan_summary_with_done_keys(tmp_path: Path) -> None:
     done = {t.key for t in tasks if t.model == "nano-banana-pro"}
     summary = plan_summary(spec, done_keys=done)
     assert (summary.total, summary.done, summary.to_run) == (10, 4, 6)
-    assert summary.cost_to_run == pytest.approx(6 * 0.022)
+    assert summary.cost_to_run == pytest.approx(6 * DEFAULT_PRICES["nano-banana-fast"])
     assert "6 to run" in format_plan(summary)
 
 

@@ -23,6 +23,7 @@ import pytest
 from PIL import Image
 
 from batchgen.api.auth import BearerAuth
+from batchgen.api.catalog import DEFAULT_PRICES
 from batchgen.errors import AuthenticationError, BusinessError, SpecError
 from batchgen.ledger.paths import ledger_path
 from batchgen.ledger.report import job_status, retry_tasks
@@ -46,6 +47,9 @@ from tests.runner_helpers import (
 )
 
 pytestmark = pytest.mark.anyio
+
+#: The price of one image of the model these tests use.
+FAST = DEFAULT_PRICES["nano-banana-fast"]
 
 
 def _metadata(out: Path) -> list[dict[str, Any]]:
@@ -293,12 +297,12 @@ async def test_failed_tasks_are_resubmitted_up_to_max_attempts(
     failing = [t for t in tasks if "[sim:fail=error]" in str(t["prompt"])]
     assert len(failing) == 3
     assert after["submissions_charged"] == 2 + 3
-    assert after["refunded_total"] == pytest.approx(3 * 0.022)
+    assert after["refunded_total"] == pytest.approx(3 * FAST)
     (bad,) = [r for r in await ledger_rows(spec_path) if r.state is TaskState.FAILED]
     assert bad.attempts == 3
     assert bad.error_code == "error"
     assert bad.charged == pytest.approx(0.0)
-    assert summary.spent_total == pytest.approx(2 * 0.022)
+    assert summary.spent_total == pytest.approx(2 * FAST)
 
 
 async def test_moderation_fails_at_once_and_is_refunded(
@@ -316,11 +320,11 @@ async def test_moderation_fails_at_once_and_is_refunded(
     assert summary.counts["done"] == 2
     assert summary.failures_by_code == {"output_moderation": 1, "input_moderation": 1}
     assert after["submissions_charged"] == 4
-    assert after["refunded_total"] == pytest.approx(2 * 0.022)
+    assert after["refunded_total"] == pytest.approx(2 * FAST)
     status = await job_status(load_spec(spec_path))
     assert status["counts"]["failed"] == 2
     assert status["failures_by_code"] == {"output_moderation": 1, "input_moderation": 1}
-    assert status["spent"] == pytest.approx(2 * 0.022)
+    assert status["spent"] == pytest.approx(2 * FAST)
     failed = [r for r in await ledger_rows(spec_path) if r.state is TaskState.FAILED]
     assert [r.attempts for r in failed] == [1, 1]
 
@@ -328,12 +332,13 @@ async def test_moderation_fails_at_once_and_is_refunded(
 async def test_a_forbidden_model_fails_its_tasks_and_the_rest_go_on(
     tmp_path: Path, sim_factory: SimFactory
 ) -> None:
-    """With one model of two forbidden (403), its tasks fail token_model_forbidden, the
-    other model's tasks are done, and the run exits 1."""
+    """With one model of two forbidden (403) during the run (the preflight, which would
+    refuse it first, is off), its tasks fail token_model_forbidden, the other model's
+    tasks are done, and the run exits 1."""
     spec_path = write_spec(tmp_path, GRID)
     async with sim_factory(sim_config(forbid=["gpt-image-2"])) as sim:
         hook = RecordingHook()
-        summary = await run_job(spec_path, sim, hook=hook)
+        summary = await run_job(spec_path, sim, hook=hook, check=False)
         after = stats(sim)
     rows = await ledger_rows(spec_path)
     assert summary.exit_code == 1
@@ -351,7 +356,7 @@ async def test_the_snapshot_counts_each_forbidden_task_once(
     """this_run["failed"] counts the tasks that failed in this run, each once."""
     spec_path = write_spec(tmp_path, GRID)
     async with sim_factory(sim_config(forbid=["gpt-image-2"])) as sim:
-        summary = await run_job(spec_path, sim)
+        summary = await run_job(spec_path, sim, check=False)
     assert summary.counts["failed"] == 6
     assert summary.this_run["failed"] == 6
 
@@ -361,22 +366,23 @@ async def test_budget_stops_submitting_before_it_is_passed(
 ) -> None:
     """limits.budget below the job's cost stops submissions before spending past it; the
     rest stays pending, the run exits 1 and says why."""
+    budget = 4.5 * FAST  # four images fit, a fifth would pass it
     spec_path = subjects_spec(
-        tmp_path, [f"s{i}" for i in range(12)], limits="budget: 0.1\nconcurrency: 4"
+        tmp_path, [f"s{i}" for i in range(12)], limits=f"budget: {budget}\nconcurrency: 4"
     )
     async with sim_factory(sim_config()) as sim:
         hook = RecordingHook()
         summary = await run_job(spec_path, sim, hook=hook)
         after = stats(sim)
-    assert after["charged_total"] <= 0.1 + 1e-9
-    assert after["submissions_charged"] == 4  # 4 x 0.022 = 0.088; a 5th would pass 0.1
+    assert after["charged_total"] <= budget + 1e-9
+    assert after["submissions_charged"] == 4
     assert summary.exit_code == 1
     assert summary.stop_reason == "budget"
     assert summary.counts["done"] == 4
     assert summary.counts["pending"] == 8
     assert summary.this_run["budget_skipped"] >= 1
     assert any("budget" in t for t in hook.texts("warning"))
-    assert summary.spent_total == pytest.approx(0.088)
+    assert summary.spent_total == pytest.approx(4 * FAST)
 
 
 # --- interruption and crash recovery --------------------------------------------------------
@@ -551,12 +557,13 @@ async def test_a_key_revoked_mid_run_stops_it_cleanly(
 async def test_running_out_of_credits_leaves_no_task_failed(
     tmp_path: Path, sim_factory: SimFactory
 ) -> None:
-    """When the account runs out of credits the run stops with the unpaid tasks pending, so
-    a rerun after a top-up finishes the job."""
+    """When the account runs out of credits mid-run (the preflight, which would stop the
+    run at the balance first, is off) the run stops with the unpaid tasks pending, so a
+    rerun after a top-up finishes the job."""
     spec_path = subjects_spec(tmp_path, [f"s{i}" for i in range(6)], limits="concurrency: 1")
-    async with sim_factory(sim_config(credits=0.05)) as sim:
+    async with sim_factory(sim_config(credits=2.5 * FAST)) as sim:  # two images, not three
         with pytest.raises(BusinessError):
-            await run_job(spec_path, sim)
+            await run_job(spec_path, sim, check=False)
         states = [r.state for r in await ledger_rows(spec_path)]
         assert states.count(TaskState.DONE) == 2
         assert TaskState.FAILED not in states
@@ -572,12 +579,13 @@ async def test_running_out_of_credits_leaves_no_task_failed(
 async def test_a_refused_key_raises_and_leaves_the_ledger_consistent(
     tmp_path: Path, sim_factory: SimFactory
 ) -> None:
-    """A key the service refuses (401) ends the run with AuthenticationError; no task is
+    """A key the service refuses (401) at its first submission (the preflight, which would
+    refuse it before the ledger, is off) ends the run with AuthenticationError; no task is
     left `submitting` and nothing was charged."""
     spec_path = subjects_spec(tmp_path, ["cat", "dog", "owl", "emu"])
     async with sim_factory(sim_config()) as sim:
         with pytest.raises(AuthenticationError) as info:
-            await run_job(spec_path, sim, auth=BearerAuth("sk-wrong-0123456789abcdef"))
+            await run_job(spec_path, sim, auth=BearerAuth("sk-wrong-0123456789abcdef"), check=False)
         after = stats(sim)
     assert "0123456789abcdef" not in str(info.value)
     assert after["submissions_charged"] == 0
@@ -761,7 +769,7 @@ async def test_a_lost_answer_is_unknown_and_resubmitted_only_by_policy(
         assert stats(sim)["submissions_dropped"] == 1
         assert stats(sim)["submissions_charged"] == 5
         (lost,) = [r for r in await ledger_rows(spec_path) if r.state is TaskState.UNKNOWN]
-        assert lost.charged == pytest.approx(0.022)
+        assert lost.charged == pytest.approx(FAST)
 
         again = await run_job(spec_path, sim)
         assert again.exit_code == 1

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from batchgen.api.catalog import DEFAULT_PRICES
 from batchgen.errors import (
     AccessDeniedError,
     AuthenticationError,
@@ -221,12 +222,14 @@ async def test_empty_429s_from_the_gateway_infer_a_one_minute_window(
 async def test_no_credit_stops_the_run_and_keeps_every_task(
     tmp_path: Path, sim_factory: SimFactory
 ) -> None:
-    """403 ``insufficient_user_quota`` stops the run: what was paid is kept, the rest
+    """403 ``insufficient_user_quota`` during a run (the preflight, which would stop at
+    the balance first, is off) stops the run: what was paid is kept, the rest
     stays pending with no attempt used, and nothing failed."""
     spec = subjects_spec(tmp_path, subjects(6), limits="concurrency: 1")
-    async with sim_factory(gateway(gateway_limit=0, credits=0.05)) as sim:
+    credits = 2.5 * DEFAULT_PRICES["nano-banana-fast"]  # two images, not three
+    async with sim_factory(gateway(gateway_limit=0, credits=credits)) as sim:
         with pytest.raises(QuotaExceededError) as info:
-            await run_job(spec, sim)
+            await run_job(spec, sim, check=False)
     assert "quota" in str(info.value).lower()
     rows = await ledger_rows(spec)
     states = [row.state for row in rows]
@@ -238,12 +241,13 @@ async def test_no_credit_stops_the_run_and_keeps_every_task(
 async def test_a_used_up_token_quota_stops_the_run_too(
     tmp_path: Path, sim_factory: SimFactory
 ) -> None:
-    """403 ``pre_consume_token_quota_failed`` (the key's own cap) stops the run like no
-    credit does: nothing is failed, the unpaid tasks stay pending."""
+    """403 ``pre_consume_token_quota_failed`` during a run (the preflight is off) stops
+    the run like no credit does: nothing is failed, the unpaid tasks stay pending."""
     spec = subjects_spec(tmp_path, subjects(5), limits="concurrency: 1")
-    async with sim_factory(gateway(gateway_limit=0, token_quota=0.05)) as sim:
+    quota = 2.5 * DEFAULT_PRICES["nano-banana-fast"]
+    async with sim_factory(gateway(gateway_limit=0, token_quota=quota)) as sim:
         with pytest.raises((QuotaExceededError, AuthenticationError)):
-            await run_job(spec, sim)
+            await run_job(spec, sim, check=False)
     states = [row.state for row in await ledger_rows(spec)]
     assert TaskState.FAILED not in states
     assert states.count(TaskState.PENDING) >= 3
@@ -267,7 +271,8 @@ async def test_an_ip_refusal_stops_the_run_before_anything_is_paid(
 async def test_a_model_the_token_may_not_use_blocks_only_that_model(
     tmp_path: Path, sim_factory: SimFactory
 ) -> None:
-    """403 with no code, naming the model, fails that model's tasks; the other model's
+    """403 with no code, naming the model, during a run (the preflight, which would
+    refuse it first, is off), fails that model's tasks; the other model's
     tasks are all done."""
     spec = tmp_path / "job.yaml"
     spec.write_text(
@@ -276,7 +281,7 @@ async def test_a_model_the_token_may_not_use_blocks_only_that_model(
         encoding="utf-8",
     )
     async with sim_factory(gateway(gateway_limit=0, forbid=["gpt-image-2"])) as sim:
-        summary = await run_job(spec, sim)
+        summary = await run_job(spec, sim, check=False)
     by_model: dict[str, set[TaskState]] = {}
     for row in await ledger_rows(spec):
         by_model.setdefault(row.model, set()).add(row.state)

@@ -250,7 +250,8 @@ async def test_price_override_adds_a_model(sim_factory: SimFactory) -> None:
 
 async def test_credits_exhausted_is_a_business_error(sim_factory: SimFactory) -> None:
     """A submission the balance cannot pay gets HTTP 200 code -1, uncharged."""
-    async with sim_factory(SimConfig(latency=0.05, credits=0.03)) as sim, api(sim) as client:
+    credits = 1.5 * DEFAULT_PRICES["nano-banana-fast"]  # one image, not two
+    async with sim_factory(SimConfig(latency=0.05, credits=credits)) as sim, api(sim) as client:
         first = await client.post("/api/generate", json={**SUBMIT, "model": "nano-banana-fast"})
         second = await client.post("/api/generate", json={**SUBMIT, "model": "nano-banana-fast"})
         assert first.status_code == 200
@@ -262,7 +263,8 @@ async def test_credits_exhausted_is_a_business_error(sim_factory: SimFactory) ->
 
 async def test_refund_restores_credits(sim_factory: SimFactory) -> None:
     """A failed task's refund makes its price spendable again."""
-    async with sim_factory(SimConfig(latency=0.05, credits=0.03)) as sim, api(sim) as client:
+    credits = 1.5 * DEFAULT_PRICES["nano-banana-fast"]  # one image, not two
+    async with sim_factory(SimConfig(latency=0.05, credits=credits)) as sim, api(sim) as client:
         failing = {**SUBMIT, "model": "nano-banana-fast", "prompt": f"[sim:fail=error] {NOW}"}
         assert "id" in (await client.post("/api/generate", json=failing)).json()
         again = await client.post("/api/generate", json={**SUBMIT, "model": "nano-banana-fast"})

@@ -162,6 +162,9 @@ async def test_subscription_with_and_without_a_token_quota(sim: SimServer) -> No
     assert after == capped  # used + remaining does not move with a charge
 
 
+NB, PRO, GPT = (DEFAULT_PRICES[m] for m in ("nano-banana", "nano-banana-pro", "gpt-image-2"))
+
+
 async def test_usage_moves_with_charges_and_back_down_with_refunds() -> None:
     """total_usage is 100 x what the key was charged, net of refunds once settled, per key;
     /_sim/stats usage_by_key agrees."""
@@ -174,21 +177,21 @@ async def test_usage_moves_with_charges_and_back_down_with_refunds() -> None:
     ):
         assert await get(client, "usage") == {"object": "list", "total_usage": 0.0}
         await submit(client, NOW)
-        assert (await get(client, "usage"))["total_usage"] == pytest.approx(4.4)
+        assert (await get(client, "usage"))["total_usage"] == pytest.approx(100 * NB)
         await submit(client, "[sim:fail=error][sim:latency=2]", model="nano-banana-pro")
-        assert (await get(client, "usage"))["total_usage"] == pytest.approx(24.2)
-        assert sim.stats()["usage_by_key"] == {"key#1": pytest.approx(0.242)}
+        assert (await get(client, "usage"))["total_usage"] == pytest.approx(100 * (NB + PRO))
+        assert sim.stats()["usage_by_key"] == {"key#1": pytest.approx(NB + PRO)}
         clock.advance(2)  # the failed task ends; its refund settles at the next request
-        assert (await get(client, "usage"))["total_usage"] == pytest.approx(4.4)
+        assert (await get(client, "usage"))["total_usage"] == pytest.approx(100 * NB)
         await submit(client, "[sim:fail=error]" + NOW)  # refunded before anyone asks
-        assert (await get(client, "usage"))["total_usage"] == pytest.approx(4.4)
+        assert (await get(client, "usage"))["total_usage"] == pytest.approx(100 * NB)
         assert (await get(other, "usage"))["total_usage"] == 0.0
         await submit(other, NOW, model="gpt-image-2")
-        assert (await get(other, "usage"))["total_usage"] == pytest.approx(6.6)
+        assert (await get(other, "usage"))["total_usage"] == pytest.approx(100 * GPT)
         stats = sim.stats()
-    assert stats["usage_by_key"] == {"key#1": 0.044, "key#2": 0.066}
+    assert stats["usage_by_key"] == {"key#1": pytest.approx(NB), "key#2": pytest.approx(GPT)}
     net = stats["charged_total"] - stats["refunded_total"]  # type: ignore[operator]
-    assert net == pytest.approx(0.044 + 0.066)
+    assert net == pytest.approx(NB + GPT)
 
 
 @pytest.mark.parametrize("wire", ["sim", "gateway"])
@@ -236,7 +239,7 @@ async def test_status_states_the_site_units() -> None:
 
 
 async def test_pricing_shape_in_the_default_cny_display(sim: SimServer) -> None:
-    """/api/pricing lists priced models at a fixed USD price: price / 7.3, 6 decimals."""
+    """/api/pricing lists priced models at a fixed USD price: price / 7.3, 12 decimals."""
     sim.config.unpriced = ["nano-banana-2"]
     async with httpx.AsyncClient(base_url=sim.origin) as plain:
         answer = await plain.get("/api/pricing")
@@ -252,7 +255,7 @@ async def test_pricing_shape_in_the_default_cny_display(sim: SimServer) -> None:
     assert pro == {
         "model_name": "nano-banana-pro",
         "quota_type": 1,
-        "model_price": round(0.198 / 7.3, 6),
+        "model_price": round(0.198 / 7.3, 12),
         "model_ratio": 0,
         "completion_ratio": 0,
         "enable_groups": ["default"],
@@ -273,7 +276,7 @@ async def test_pricing_gives_back_the_charged_price(
     currency: str, rate: float, ratios: dict[str, float], group: str
 ) -> None:
     """model_price x group_ratio (x usd_exchange_rate in a CNY display) is what a call is
-    really charged, to within 1e-4, for every model; the group's ratio is published."""
+    really charged, to within 1e-9, for every model; the group's ratio is published."""
     config = SimConfig(
         display_currency=currency,  # type: ignore[arg-type]
         usd_exchange_rate=rate,
@@ -291,12 +294,12 @@ async def test_pricing_gives_back_the_charged_price(
     shown = status["usd_exchange_rate"] if status["quota_display_type"] == "CNY" else 1.0
     for row in body["data"]:
         price = row["model_price"]
-        assert price == round(price, 6)
+        assert price == round(price, 12)
         assert row["enable_groups"] == [group]
         expected = DEFAULT_PRICES[row["model_name"]]
-        assert price * published * shown == pytest.approx(expected, abs=1e-4)
+        assert price * published * shown == pytest.approx(expected, abs=1e-9)
     pro = next(row for row in body["data"] if row["model_name"] == "nano-banana-pro")
-    assert pro["model_price"] * published * shown == pytest.approx(charged, abs=1e-4)
+    assert pro["model_price"] * published * shown == pytest.approx(charged, abs=1e-9)
 
 
 async def test_price_option_changes_what_is_charged_and_published() -> None:
@@ -308,8 +311,8 @@ async def test_price_option_changes_what_is_charged_and_published() -> None:
         await submit(client, NOW)
         await submit(client, NOW, model="my-model")
         usage = (await get(client, "usage"))["total_usage"]
-    assert rows["nano-banana"]["model_price"] == round(0.5 / 7.3, 6)
-    assert rows["my-model"]["model_price"] == round(0.25 / 7.3, 6)
+    assert rows["nano-banana"]["model_price"] == round(0.5 / 7.3, 12)
+    assert rows["my-model"]["model_price"] == round(0.25 / 7.3, 12)
     assert "my-model" in models
     assert usage == pytest.approx(75.0)
 

@@ -134,13 +134,14 @@ def test_charge_at_acceptance_and_lazy_refund_of_failures() -> None:
 
 def test_insufficient_credits_charges_nothing() -> None:
     """A submission the balance cannot pay raises and leaves balance and counters alone."""
-    state, _ = make_state(credits=0.05)
+    price = DEFAULT_PRICES["nano-banana"]
+    state, _ = make_state(credits=1.5 * price)  # one image, not two
     account = state.account_for_key("sk-sim")
-    state.submit(account, model="nano-banana", prompt="a")  # 0.044
+    state.submit(account, model="nano-banana", prompt="a")
     with pytest.raises(InsufficientCredits):
         state.submit(account, model="nano-banana", prompt="b")
     assert state.stats()["submissions_charged"] == 1
-    assert account.balance == pytest.approx(0.05 - 0.044)
+    assert account.balance == pytest.approx(0.5 * price)
 
 
 def test_fail_rate_and_moderation_share() -> None:
@@ -222,7 +223,7 @@ def test_hundred_thousand_tasks_are_cheap() -> None:
     clock.advance(2.0)
     stats = state.stats()
     assert stats["tasks_by_status"] == {"running": 0, "succeeded": 100_000, "failed": 0}
-    assert stats["charged_total"] == pytest.approx(100_000 * 0.022)
+    assert stats["charged_total"] == pytest.approx(100_000 * DEFAULT_PRICES["nano-banana-fast"])
 
 
 def test_config_update_is_atomic_and_typed() -> None:

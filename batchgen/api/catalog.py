@@ -17,6 +17,7 @@ __all__ = [
     "EXTRA_ASPECT_RATIOS_NB2",
     "GPT_IMAGE_SIZES",
     "IMAGE_SIZES",
+    "PRICES_DATED",
     "ModelFamily",
     "family_of",
     "image_dimensions",
@@ -44,17 +45,25 @@ IMAGE_SIZES: tuple[str, ...] = ("1K", "2K", "4K")
 #: gpt-image-2 takes its size as pixels.
 GPT_IMAGE_SIZES: tuple[str, ...] = ("auto", "1024x1024", "1536x1024", "1024x1536")
 
-#: Default per-image prices (CNY), from the service's public price list where known.
+#: When the built-in prices were published (CobabaAi's docs, as a public client quoted them).
+PRICES_DATED = "2026-06"
+
+#: Default per-image prices (CNY), as published in 2026-06 (protocol.md, "Published
+#: prices"). The live price list (``/api/pricing``) beats this table: a run asks for it.
 DEFAULT_PRICES: dict[str, float] = {
-    "nano-banana-fast": 0.022,
-    "nano-banana": 0.044,
-    "nano-banana-pro": 0.198,
-    "nano-banana-pro-vip": 0.33,
-    "nano-banana-pro-4k-vip": 0.44,
-    "nano-banana-pro-cl": 0.165,
-    "nano-banana-2": 0.11,
     "gpt-image-2": 0.066,
-    "gpt-image-2-vip": 0.132,
+    "gpt-image-2-vip": 0.22,
+    "nano-banana-fast": 0.048,
+    "nano-banana": 0.066,
+    "nano-banana-pro": 0.198,
+    "nano-banana-pro-preview": 0.36,
+    "nano-banana-pro-vt": 0.198,
+    "nano-banana-pro-cl": 1.1,
+    "nano-banana-pro-vip": 1.1,
+    "nano-banana-pro-4k-vip": 1.98,
+    "nano-banana-2": 0.132,
+    "nano-banana-2-cl": 0.66,
+    "nano-banana-2-4k-cl": 1.43,
 }
 
 
@@ -87,12 +96,23 @@ _GPT = ModelFamily(
 )
 
 
+# The "-4k" variants (nano-banana-pro-4k-vip, nano-banana-2-4k-cl) are priced and sold
+# as 4K images: asking them for another size would plan files of the wrong size.
+_NANO_PRO_4K = ModelFamily("nano-banana-pro (4K)", ASPECT_RATIOS, ("4K",))
+_NANO_2_4K = ModelFamily("nano-banana-2 (4K)", _NANO_2.aspect_ratios, ("4K",))
+
+
 def family_of(model: str) -> ModelFamily | None:
-    """The family of ``model``, or ``None`` for a model batchgen does not know."""
+    """The family of ``model``, or ``None`` for a model batchgen does not know.
+
+    The pro family (``-vip``, ``-cl``, ``-vt``, ``-preview`` variants included) and
+    the 2 family (``-cl``) take every ratio of their family and 1K, 2K or 4K; their
+    ``-4k`` variants take 4K only.
+    """
     if model.startswith("nano-banana-pro"):
-        return _NANO_PRO
+        return _NANO_PRO_4K if "-4k" in model else _NANO_PRO
     if model.startswith("nano-banana-2"):
-        return _NANO_2
+        return _NANO_2_4K if "-4k" in model else _NANO_2
     if model.startswith("nano-banana"):
         return _NANO
     if model.startswith("gpt-image"):

@@ -32,6 +32,17 @@ from batchgen.api.auth import (
     check_base_url,
     origin_of,
 )
+from batchgen.api.dashboard import (
+    Pricing,
+    SiteStatus,
+    Subscription,
+    Usage,
+    parse_models,
+    parse_pricing,
+    parse_status,
+    parse_subscription,
+    parse_usage,
+)
 from batchgen.api.responses import (
     ChatChunk,
     ChatCompletion,
@@ -384,6 +395,39 @@ class CobabaClient:
                     yield parse_chat_chunk(payload, route=label)
 
             yield chunks()
+
+    # --- preflight routes (protocol.md: an ordinary key may call them) --------------
+
+    async def _get(self, url: str, route: str) -> object:
+        data, _ = await self._send("GET", url, route=route, read_timeout=self.timeouts.poll)
+        return data
+
+    async def list_models(self) -> frozenset[str]:
+        """``GET /v1/models``: the ids of exactly the models this key may use."""
+        route = "GET /models"
+        return parse_models(await self._get(self.base_url + "/models", route), route=route)
+
+    async def billing_subscription(self) -> Subscription:
+        """``GET /v1/dashboard/billing/subscription``: the key's quota (display unit)."""
+        route = "GET /dashboard/billing/subscription"
+        url = self.base_url + "/dashboard/billing/subscription"
+        return parse_subscription(await self._get(url, route), route=route)
+
+    async def billing_usage(self) -> Usage:
+        """``GET /v1/dashboard/billing/usage``: what the key has used (display unit)."""
+        route = "GET /dashboard/billing/usage"
+        url = self.base_url + "/dashboard/billing/usage"
+        return parse_usage(await self._get(url, route), route=route)
+
+    async def site_status(self) -> SiteStatus:
+        """``GET /api/status`` (host root, public): the display unit and the USD rate."""
+        route = "GET /api/status"
+        return parse_status(await self._get(self.origin + "/api/status", route), route=route)
+
+    async def pricing(self) -> Pricing:
+        """``GET /api/pricing`` (host root, public): live prices and group ratios."""
+        route = "GET /api/pricing"
+        return parse_pricing(await self._get(self.origin + "/api/pricing", route), route=route)
 
     # --- admin routes (host root) --------------------------------------------------------
 

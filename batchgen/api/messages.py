@@ -10,11 +10,12 @@ returns ``None`` when the text does not say.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Final
 
 from batchgen.errors import StatedLimit
 
-__all__ = ["channel_named", "model_named", "parse_stated_limit"]
+__all__ = ["channel_named", "error_from_mapping", "model_named", "parse_stated_limit"]
 
 _NUMBER = r"(\d+(?:\.\d+)?)"
 # 您已达到请求数限制：1分钟内最多请求60次 / 您已达到总请求数限制：…，包括失败次数
@@ -106,3 +107,22 @@ def channel_named(message: str) -> tuple[str | None, str | None]:
     if en is not None:
         return en.group(1), en.group(2)
     return model_named(text), None
+
+
+def error_from_mapping(data: Mapping[str, object]) -> str:
+    """Pick the human message out of an error body: ``msg``, ``error.message``, ``message``."""
+    for key in ("msg",):
+        value = data.get(key)
+        if isinstance(value, str) and value:
+            return value
+    error = data.get("error")
+    if isinstance(error, Mapping):
+        value = error.get("message")
+        if isinstance(value, str) and value:
+            return value
+    elif isinstance(error, str) and error:
+        return error
+    value = data.get("message")
+    if isinstance(value, str) and value:
+        return value
+    return ""

@@ -16,11 +16,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from batchgen.api.messages import error_from_mapping
 from batchgen.errors import (
     BusinessError,
     ResponseFormatError,
     TaskNotFoundError,
-    error_from_mapping,
 )
 
 __all__ = [

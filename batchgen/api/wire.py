@@ -29,7 +29,7 @@ from typing import Final
 
 import httpx2 as httpx
 
-from batchgen.api.messages import channel_named, model_named, parse_stated_limit
+from batchgen.api.messages import channel_named, error_from_mapping, model_named, parse_stated_limit
 from batchgen.errors import (
     Accepted,
     AccessDeniedError,
@@ -49,7 +49,6 @@ from batchgen.errors import (
     TaskNotFoundError,
     TransportError,
     UpstreamError,
-    error_from_mapping,
     redact,
 )
 

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from batchgen import __version__
+from batchgen.cli.check_commands import cmd_check
 from batchgen.cli.ledger_commands import cmd_export, cmd_retry, cmd_status
 from batchgen.cli.run_commands import cmd_run, cmd_sim
 from batchgen.cli.spec_commands import cmd_plan, cmd_schema, cmd_validate
@@ -58,6 +59,15 @@ def _sim_flag(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _sim_profile(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--sim-profile",
+        choices=("default", "gateway"),
+        default="default",
+        help="with --sim: gateway = like the real service (new-api's limiter and errors)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every command (tests read its help)."""
     parser = argparse.ArgumentParser(
@@ -100,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="P",
         help="simulated failure rate with --sim",
     )
+    _sim_profile(p)
+    p.add_argument(
+        "--no-check",
+        action="store_true",
+        help="skip the preflight (the key, its models, live prices, balance): table prices,"
+        " budget by estimate only",
+    )
     p.add_argument(
         "--base-url", metavar="URL", help="service URL (overrides COBABA_BASE_URL and the spec)"
     )
@@ -137,13 +154,38 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="JSON lines on stdout: events, progress, summary"
     )
 
+    p = add(
+        "check",
+        cmd_check,
+        "ask the service before paying: the key, its models, live prices, the balance",
+    )
+    _spec_arg(p)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument(
+        "--base-url", metavar="URL", help="service URL (overrides COBABA_BASE_URL and the spec)"
+    )
+    p.add_argument(
+        "--sim",
+        action="store_true",
+        help="ask the built-in simulator (no key needed; its job folder is <output>-sim)",
+    )
+    _sim_profile(p)
+
     p = add("validate", cmd_validate, "check a job spec; print a one-line summary or every error")
     _spec_arg(p)
     p = add("plan", cmd_plan, "show what a job will run: counts per axis value, cost, duration")
     _spec_arg(p)
     p.add_argument("--json", action="store_true", help="one JSON object per task per line")
     p.add_argument("--max-tasks", type=int, metavar="N", help="allow a matrix this large")
+    p.add_argument(
+        "--live",
+        action="store_true",
+        help="price with the service's live prices (asks it, like check; with --sim, the"
+        " simulator's)",
+    )
+    p.add_argument("--base-url", metavar="URL", help="service URL for --live (overrides the spec)")
     _sim_flag(p)
+    _sim_profile(p)
     add("schema", cmd_schema, "print the JSON Schema of job specs (for editors)")
 
     p = add("status", cmd_status, "counts by state, failures by code, spend")

@@ -38,7 +38,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         for code, count in status["failures_by_code"].items():
             print(f"  {code:<24} {count:>6}")
     currency = status["currency"]
-    print(f"spent {status['spent']:.4f} {currency}; to spend (est.) {status['remaining']:.4f}")
+    spent = f"spent {status['spent']:.4f} {currency}"
+    if status["spent_measured"] is not None:
+        spent += (
+            f" (estimated; the service's usage counter measured {status['spent_measured']:.4f})"
+        )
+    print(f"{spent}; to spend (est.) {status['remaining']:.4f}")
     if status["not_in_spec"]:
         print(f"{status['not_in_spec']} task(s) in the ledger are no longer in the spec")
     return 0

@@ -33,6 +33,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         max_tasks=args.max_tasks,
         resubmit_unknown=args.resubmit_unknown,
         argv=["batchgen", *sys.argv[1:]],
+        check=not args.no_check,
     )
     hook = pick_hook(json_lines=args.json, quiet=args.quiet)
     summary = anyio.run(_run_async, spec, options, hook, args, backend="asyncio")
@@ -57,7 +58,10 @@ async def _run_async(spec: Any, options: Any, hook: Any, args: argparse.Namespac
         try:
             if args.sim:
                 async with sim_session(
-                    latency=args.sim_latency, fail_rate=args.sim_fail_rate, seed=0
+                    profile=args.sim_profile,
+                    latency=args.sim_latency,
+                    fail_rate=args.sim_fail_rate,
+                    seed=0,
                 ) as (base_url, auth):
                     hook.on_message("info", f"simulator at {base_url} (no API key needed)")
                     options = _replace(options, base_url=base_url, auth=auth, seed=0)
@@ -97,9 +101,12 @@ def _format_summary(summary: Any, spec: Any) -> str:
         if counts.get(s, 0)
     ]
     run = summary.this_run
+    spent = f"spent {summary.spent_total:.4f} {spec.currency}"
+    if summary.spent_measured is not None:
+        spent += f" (estimated; the service measured {summary.spent_measured:.4f})"
     lines = [
         f"{summary.job}: {', '.join(parts) or 'nothing to do'} of {summary.tasks} task(s)"
-        f" in {summary.elapsed:.1f}s; spent {summary.spent_total:.4f} {spec.currency}",
+        f" in {summary.elapsed:.1f}s; {spent}",
     ]
     if run:
         lines.append(

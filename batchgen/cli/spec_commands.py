@@ -33,6 +33,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from batchgen.spec.plan import format_plan, plan_json_lines, plan_summary
 
     spec = load_spec_arg(args)
+    if args.live:
+        from batchgen.cli.check_commands import live_spec
+
+        spec, notes = live_spec(spec, args)
+        for note in notes:
+            print(f"warning: {note}", file=sys.stderr)
     if args.json:
         out = sys.stdout
         for line in plan_json_lines(spec):

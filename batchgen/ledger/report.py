@@ -6,7 +6,7 @@ from typing import Any
 
 from batchgen.errors import REFETCHABLE_CODES, UsageError
 from batchgen.ledger.paths import ledger_path
-from batchgen.ledger.schema import TaskState
+from batchgen.ledger.schema import MEASURED_META, TaskState
 from batchgen.ledger.store import Ledger
 from batchgen.spec.load import Spec
 
@@ -22,6 +22,7 @@ async def job_status(spec: Spec) -> dict[str, Any]:
         failures = await ledger.failures_by_code()
         digest, spec_tasks = await ledger.last_synced()
         last = await ledger.last_run_summary()
+        measured = await ledger.get_meta(MEASURED_META)
     return {
         "job": spec.name,
         "spec": str(spec.path),
@@ -30,10 +31,11 @@ async def job_status(spec: Spec) -> dict[str, Any]:
         "counts": counts,
         "failures_by_code": failures,
         "spent": totals["spent"],
+        "spent_measured": None if measured is None else float(measured),
         "remaining": totals["remaining"],
         "currency": spec.currency,
         "regenerations": int(totals["regenerations"]),
-        "spec_changed": digest != spec.digest,
+        "spec_changed": (digest or "").partition(":")[0] != spec.digest,
         "not_in_spec": (sum(counts.values()) - spec_tasks) if spec_tasks is not None else 0,
         "last_run": last,
     }

@@ -25,6 +25,7 @@ __all__ = [
     "EVENT_SQL",
     "INSERT_SQL",
     "LEDGER_NAME",
+    "MEASURED_META",
     "MIGRATIONS",
     "REFRESH_SQL",
     "ROW_COLUMNS",
@@ -38,6 +39,8 @@ __all__ = [
 ]
 
 LEDGER_NAME: Final = "batchgen.sqlite"
+#: The ``meta`` key of the job's spend as the service's usage counter measured it.
+MEASURED_META: Final = "spend_measured"
 # Marks the file as ours (``PRAGMA application_id``): "bgen".
 APPLICATION_ID: Final = 0x6267656E
 

@@ -26,11 +26,14 @@ from batchgen.api.auth import BearerAuth, PlaygroundAuth, Timeouts, auth_from_en
 from batchgen.api.client import PLAYGROUND_ENDPOINTS, CobabaClient
 from batchgen.errors import ConfigError, leaf_error
 from batchgen.ledger.paths import ledger_path
+from batchgen.ledger.schema import MEASURED_META
 from batchgen.ledger.store import Ledger
 from batchgen.output.fetch import Downloader, is_local_host
+from batchgen.preflight.before_run import before_run
+from batchgen.runner.budget import Budget
 from batchgen.runner.pipeline import Pipeline, PipelineLimits
 from batchgen.runner.progress import NullHook, ProgressHook, Snapshot
-from batchgen.runner.startup import remembered_limit, startup
+from batchgen.runner.startup import remembered_limit, startup, sync_digest
 from batchgen.runner.summary import RunSummary, close_run
 from batchgen.spec.load import Spec, load_spec
 from batchgen.spec.matrix import count_tasks
@@ -55,6 +58,7 @@ class RunOptions:
     seed: int | None = None
     first_poll: float | None = None
     reply: str | None = None  # overrides the spec's api.reply
+    check: bool = True  # the preflight (a few GETs); --no-check skips it
 
 
 def _limits(spec: Spec, options: RunOptions) -> PipelineLimits:
@@ -75,6 +79,7 @@ def _limits(spec: Spec, options: RunOptions) -> PipelineLimits:
         seed=options.seed,
         first_poll=options.first_poll if options.first_poll is not None else 1.0,
         reply=options.reply or spec.reply,
+        currency=spec.currency,
     )
 
 
@@ -137,9 +142,6 @@ async def arun(
         allow_local = is_local_host(host)
     output = Path(spec.output_dir)
     async with AsyncExitStack() as stack:
-        ledger = await stack.enter_async_context(Ledger.open(ledger_path(spec)))
-        await ledger.begin_run(argv=list(options.argv) or sys.argv, spec_digest=spec.digest)
-        await startup(ledger, spec, resubmit_unknown=options.resubmit_unknown, hook=hook)
         client = await stack.enter_async_context(
             CobabaClient(
                 auth=auth,
@@ -148,6 +150,15 @@ async def arun(
                 max_connections=max(limits.concurrency, limits.poll_workers) + 8,
             )
         )
+        # Before the ledger is touched: a refused key or an unusable model ends the run
+        # with nothing written and nothing paid.
+        prepared = await before_run(spec, client, check=options.check)
+        for level, text in prepared.messages:
+            hook.on_message(level, text)
+        spec = prepared.spec
+        ledger = await stack.enter_async_context(Ledger.open(ledger_path(spec)))
+        await ledger.begin_run(argv=list(options.argv) or sys.argv, spec_digest=sync_digest(spec))
+        await startup(ledger, spec, resubmit_unknown=options.resubmit_unknown, hook=hook)
         downloader = await stack.enter_async_context(
             Downloader(
                 max_bytes=spec.limits.max_image_bytes,
@@ -163,6 +174,16 @@ async def arun(
             already_done=counts["done"],
             to_do=sum(counts.values()) - counts["done"] - counts["failed"] - counts["unknown"],
         )
+        budget = Budget(
+            limit=spec.limits.budget,
+            spent_before=totals["spent"],
+            measured_before=_float(await ledger.get_meta(MEASURED_META)),
+            balance=prepared.balance,
+            meter=prepared.meter,
+            clock=anyio.current_time,
+        )
+        if prepared.usage is not None:
+            budget.start(prepared.usage, totals["spent"])
         pipeline = Pipeline(
             ledger=ledger,
             client=client,
@@ -173,6 +194,7 @@ async def arun(
             hook=hook,
             snapshot=snap,
             spent_before=totals["spent"],
+            budget=budget,
         )
         await remembered_limit(ledger, pipeline, client.base_url, hook)
         if handle is not None:
@@ -191,6 +213,13 @@ async def arun(
         return summary
 
 
+def _float(text: str | None) -> float | None:
+    try:
+        return None if text is None else float(text)
+    except ValueError:
+        return None
+
+
 def run(
     spec: Spec | str | os.PathLike[str],
     options: RunOptions | None = None,
@@ -202,12 +231,18 @@ def run(
 
 
 @asynccontextmanager
-async def sim_session(**config: Any) -> AsyncIterator[tuple[str, BearerAuth]]:
-    """Start the built-in simulator in-process; yield its base URL and a key for it."""
-    from batchgen.sim import SimConfig, running_simulator
+async def sim_session(
+    *, profile: str | None = None, **config: Any
+) -> AsyncIterator[tuple[str, BearerAuth]]:
+    """Start the built-in simulator in-process; yield its base URL and a key for it.
+
+    ``profile="gateway"`` starts it like the real service (new-api's limiter, error
+    bodies and preflight routes; see ``batchgen sim --profile gateway``).
+    """
+    from batchgen.sim import SimConfig, gateway_profile, running_simulator
 
     key = "sk-sim-" + os.urandom(8).hex()
-    sim_config = SimConfig(**config)
+    sim_config = gateway_profile(**config) if profile == "gateway" else SimConfig(**config)
     sim_config.keys = [key]
     async with running_simulator(sim_config) as sim:
         yield sim.base_url, BearerAuth(key)

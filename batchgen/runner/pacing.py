@@ -114,6 +114,13 @@ class TokenBucket:
             return 0.0
         return -self._tokens / self._rate
 
+    def peek(self) -> bool:
+        """Whether a token is there now (nothing is taken)."""
+        if self._rate is None:
+            return True
+        self._refill()
+        return self._tokens >= 1.0
+
     def refund(self) -> None:
         """Give back a reservation that was not used (the caller was cancelled)."""
         if self._rate is not None:

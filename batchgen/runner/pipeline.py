@@ -31,6 +31,7 @@ from batchgen.api.client import CobabaClient
 from batchgen.ledger.schema import TaskState
 from batchgen.ledger.store import Ledger
 from batchgen.output.fetch import Downloader
+from batchgen.runner.budget import Budget
 from batchgen.runner.download import download_worker
 from batchgen.runner.poll import poll_worker
 from batchgen.runner.progress import ProgressHook, Snapshot
@@ -55,6 +56,7 @@ class Pipeline:
         hook: ProgressHook | None = None,
         snapshot: Snapshot | None = None,
         spent_before: float = 0.0,
+        budget: Budget | None = None,
     ) -> None:
         self.state = RunState(
             ledger=ledger,
@@ -66,6 +68,7 @@ class Pipeline:
             hook=hook,
             snapshot=snapshot,
             spent_before=spent_before,
+            budget=budget,
         )
 
     # --- what the caller reads and controls ----------------------------------------------

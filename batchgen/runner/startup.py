@@ -10,6 +10,7 @@ earlier one learnt of the service's rate limit.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -25,7 +26,15 @@ from batchgen.runner.transitions import LIMIT_META
 from batchgen.spec.load import Spec
 from batchgen.spec.matrix import expand
 
-__all__ = ["new_tasks", "remembered_limit", "startup"]
+__all__ = ["new_tasks", "remembered_limit", "startup", "sync_digest"]
+
+
+def sync_digest(spec: Spec) -> str:
+    """What a sync of ``spec`` depends on: its content and the prices its rows get (the
+    live prices may change between runs of an unchanged spec)."""
+    used = {m: spec.prices.get(m, 0.0) for m in sorted(spec.tasks_by_model)}
+    prices = hashlib.sha256(json.dumps(used, sort_keys=True).encode()).hexdigest()[:16]
+    return f"{spec.digest}:{prices}"
 
 
 def new_tasks(spec: Spec) -> Iterator[NewTask]:
@@ -68,7 +77,7 @@ async def startup(ledger: Ledger, spec: Spec, *, resubmit_unknown: bool, hook: P
             " unknown (they may have been charged); `batchgen retry SPEC --unknown` resubmits",
         )
     digest, known = await ledger.last_synced()
-    if not (digest == spec.digest and known is not None and await ledger.adopt_last_sync()):
+    if not (digest == sync_digest(spec) and known is not None and await ledger.adopt_last_sync()):
         added, seen = await ledger.sync(new_tasks(spec))
         if added and added != seen:
             hook.on_message("info", f"the spec adds {added} new task(s) to this job")

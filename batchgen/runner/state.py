@@ -29,6 +29,7 @@ from batchgen.api.responses import ResultImage
 from batchgen.ledger.schema import TaskRow
 from batchgen.ledger.store import Ledger
 from batchgen.output.fetch import Downloader
+from batchgen.runner.budget import Budget
 from batchgen.runner.latency import LatencyModel
 from batchgen.runner.pacing import AdaptiveLimit
 from batchgen.runner.progress import NullHook, ProgressHook, Snapshot
@@ -60,6 +61,7 @@ class PipelineLimits:
     stop_grace: float = 30.0
     seed: int | None = None
     reply: str = "auto"  # the generate route: async, stream, or auto (see the spec's api.reply)
+    currency: str = "CNY"  # of prices and the budget (for messages)
 
 
 @dataclass(slots=True)
@@ -166,6 +168,7 @@ class RunState:
         hook: ProgressHook | None = None,
         snapshot: Snapshot | None = None,
         spent_before: float = 0.0,
+        budget: Budget | None = None,
     ) -> None:
         self.ledger = ledger
         self.client = client
@@ -224,6 +227,9 @@ class RunState:
         self.business_streak: tuple[str, int] = ("", 0)
         self.spent = spent_before
         self.reserved = 0.0
+        self.budget = budget or Budget(
+            limit=limits.budget, spent_before=spent_before, clock=anyio.current_time
+        )
         self.latency_ewma: float | None = None
         self.latencies = LatencyModel()
         self.scout: InFlight | None = None  # the one task polled to learn latency (dear polls)
@@ -340,8 +346,9 @@ class RunState:
     # --- money -------------------------------------------------------------------------
 
     def over_budget(self, price: float) -> bool:
-        budget = self.limits.budget
-        return budget is not None and self.spent + self.reserved + price > budget + 1e-9
+        """Whether one more submission at ``price`` could pass the budget (or what the
+        key can still pay), by the estimate or the service's usage counter."""
+        return self.budget.would_pass(self.spent, self.reserved, price)
 
     def charge(self, task: InFlight) -> None:
         """The service took (or may have taken) the task's submission: count its price."""

@@ -51,14 +51,15 @@ async def _submit_one(run: RunState, task: InFlight) -> None:
         # Already failed in the ledger (and counted) when the model was blocked.
         run.settle(task)
         return
+    budget = run.budget
+    if budget.due(run.spent, run.reserved, row.price):
+        warning = await budget.read(run.spent)
+        if warning is not None:
+            run.message("warning", warning)
     if run.over_budget(row.price):
         run.budget_skipped += 1
         if run.budget_skipped == 1:
-            run.message(
-                "warning",
-                f"budget {run.limits.budget:g} reached: no more submissions; the rest"
-                " stays pending (raise limits.budget and run again to continue)",
-            )
+            run.message("warning", _budget_reached(run))
             run.request_stop("budget", drain=True)
         run.settle(task)
         return
@@ -69,6 +70,10 @@ async def _submit_one(run: RunState, task: InFlight) -> None:
     except BaseException:
         run.release_slot(task)
         raise
+    if budget.due(run.spent, run.reserved, row.price):
+        warning = await budget.read(run.spent)
+        if warning is not None:
+            run.message("warning", warning)
     if run.stopping or run.over_budget(row.price) or row.model in run.blocked_models:
         # Things changed while this worker waited for its turn; look again.
         run.throttle.on_abandoned(task.permit)
@@ -96,6 +101,28 @@ async def _submit_one(run: RunState, task: InFlight) -> None:
                 await _interrupted(run, task)
         elif stream is not None:
             await _follow(run, task, *stream)
+
+
+def _budget_reached(run: RunState) -> str:
+    """Why submissions stop: which ceiling, by which measure."""
+    budget = run.budget
+    currency = run.limits.currency
+    spent = f"{budget.committed(run.spent, run.reserved):.4f} {currency}"
+    measured = budget.measured
+    if measured is not None and measured > run.spent + 1e-9:
+        spent += (
+            f" (the service's usage counter says {measured:.4f}; batchgen estimated"
+            f" {run.spent:.4f})"
+        )
+    if budget.cap is not None and (budget.limit is None or budget.cap < budget.limit):
+        return (
+            f"the key's balance would not cover another image (spent {spent}): no more"
+            " submissions, nothing overdrawn; the rest stays pending (top up and run again)"
+        )
+    return (
+        f"budget {budget.limit:g} {currency} reached (spent {spent}): no more submissions;"
+        " the rest stays pending (raise limits.budget and run again to continue)"
+    )
 
 
 async def _interrupted(run: RunState, task: InFlight) -> None:
@@ -188,6 +215,7 @@ async def _send(run: RunState, task: InFlight, stack: contextlib.AsyncExitStack)
         task.permit = None
     run.business_streak = ("", 0)
     run.charge(task)
+    run.budget.since_read += 1
     run.snap.accepted += 1
     if isinstance(result, Submission):
         task.remote_id = result.task_id

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from batchgen.errors import LedgerError
-from batchgen.ledger.schema import TaskState
+from batchgen.ledger.schema import MEASURED_META, TaskState
 from batchgen.ledger.store import Ledger
 from batchgen.output.tree import METADATA_NAME, SUMMARY_NAME, write_atomic, write_metadata
 from batchgen.runner.pipeline import Pipeline
@@ -56,6 +56,8 @@ class RunSummary:
     stop_reason: str | None
     exit_code: int
     messages: list[str] = field(default_factory=list)
+    #: The job's spend as the service's usage counter measured it (None: not measured).
+    spent_measured: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready copy."""
@@ -111,10 +113,16 @@ async def summarize(
     this_run: dict[str, Any] = {}
     stop_reason = None
     messages: list[str] = []
+    measured: float | None = None
     if pipeline is not None:
         this_run = pipeline.snap.as_dict()
         this_run["budget_skipped"] = pipeline.budget_skipped
         this_run["parked"] = pipeline.parked
+        budget = pipeline.state.budget
+        measured = budget.measured
+        this_run["spent_measured"] = (
+            None if budget.measured_run is None else round(budget.measured_run, 6)
+        )
         stop_reason = pipeline.stop_reason
         if pipeline.parked:
             messages.append(
@@ -142,6 +150,7 @@ async def summarize(
         stop_reason=stop_reason,
         exit_code=code,
         messages=messages,
+        spent_measured=None if measured is None else round(measured, 6),
     )
 
 
@@ -159,6 +168,15 @@ async def close_run(
     reach the user, not a second failure of the clean-up. What is skipped here is
     rebuilt from the ledger by the next run.
     """
+    budget = pipeline.state.budget
+    warning = await budget.read(pipeline.state.spent, force=True)  # what the run cost
+    if warning is not None:
+        hook.on_message("warning", warning)
+    if budget.measured is not None:
+        try:
+            await ledger.set_meta(MEASURED_META, f"{budget.measured:.6f}")
+        except LedgerError as exc:
+            hook.on_message("warning", f"could not record the measured spend: {exc}")
     try:
         await write_metadata_if_changed(ledger, spec, output)
     except OSError as exc:

@@ -45,11 +45,11 @@ HIDEABLE_ROUTES: tuple[str, ...] = ("models", "subscription", "usage", "status",
 DASHBOARD_WINDOW = 180.0
 #: The group ratios of a new site: one group, ``default``, at ratio 1.
 DEFAULT_GROUP_RATIOS: dict[str, float] = {"default": 1.0}
-#: The largest ``group_ratio x usd_exchange_rate`` (CNY display; the ratio alone in USD):
-#: a USD price rounded to 6 decimals is then off by at most 5e-7, so the price it charges
-#: back is within 5e-5 of the simulator's.
+#: The largest ``group_ratio x usd_exchange_rate`` (CNY display; the ratio alone in USD).
 MAX_PRICE_FACTOR = 100.0
-_PRICE_DECIMALS = 6
+#: The published USD price keeps 12 decimals, so the charge formula gives back the
+#: simulator's own price (to 1e-10): a client pricing by it estimates what is charged.
+_PRICE_DECIMALS = 12
 
 
 class PreflightSettings(Protocol):
@@ -83,7 +83,7 @@ def price_factor(s: PreflightSettings) -> float:
 
 
 def usd_price(price: float, s: PreflightSettings) -> float:
-    """The ``model_price`` (USD, 6 decimals) that charges ``price`` (display unit)."""
+    """The ``model_price`` (USD, 12 decimals) that charges ``price`` (display unit)."""
     return round(price / price_factor(s), _PRICE_DECIMALS)
 
 

@@ -84,6 +84,11 @@ class Spec:
     tasks_by_model: Mapping[str, int]
     digest: str
     warnings: tuple[SpecIssue, ...] = ()
+    #: The spec's own ``prices`` (deliberate overrides); ``prices`` has them merged over
+    #: the built-in table (and, in a run, over the service's live prices).
+    price_overrides: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    #: Where each model's price in ``prices`` came from: spec, live, table (or none).
+    price_sources: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def task_count(self) -> int:
@@ -372,6 +377,11 @@ def _resolve(
         tasks_by_model=tasks_by_model,
         digest=_digest(doc.data, ctx),
         warnings=tuple(_sorted(ctx.issues, doc.file)),
+        price_overrides=dict(model.prices),
+        price_sources={
+            m: "spec" if m in model.prices else ("table" if m in DEFAULT_PRICES else "none")
+            for m in tasks_by_model
+        },
     )
 
 

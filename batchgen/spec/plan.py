@@ -14,6 +14,7 @@ import math
 from collections.abc import Container, Iterator
 from dataclasses import dataclass
 
+from batchgen.api.catalog import PRICES_DATED
 from batchgen.errors import SpecIssue
 from batchgen.spec.load import Spec
 from batchgen.spec.matrix import expand
@@ -79,6 +80,8 @@ class PlanSummary:
     seconds: float
     rate_note: str
     warnings: tuple[SpecIssue, ...]
+    #: (model, price, where it came from: spec, live, table or none) per model
+    prices: tuple[tuple[str, float, str], ...] = ()
 
     @property
     def to_run(self) -> int:
@@ -140,6 +143,10 @@ def plan_summary(spec: Spec, *, done_keys: Container[str] = frozenset()) -> Plan
         seconds=seconds,
         rate_note=rate_note,
         warnings=spec.warnings,
+        prices=tuple(
+            (m, spec.prices.get(m, 0.0), spec.price_sources.get(m, "table"))
+            for m in sorted(spec.tasks_by_model)
+        ),
     )
 
 
@@ -166,6 +173,14 @@ def _duration(spec: Spec, tasks: int) -> tuple[float, str]:
         f"(at {limits.requests_per_minute:g} requests/min, bounded by "
         f"{limits.concurrency} at a time and ~{TYPICAL_LATENCY:g} s per image)"
     )
+
+
+_SOURCES = {
+    "spec": "the spec's prices",
+    "live": "the service's live price",
+    "table": f"built-in table of {PRICES_DATED}; `plan --live` asks the service",
+    "none": "no price known: counted as free",
+}
 
 
 def _money(value: float) -> str:
@@ -220,6 +235,10 @@ def format_plan(summary: PlanSummary) -> str:
         if summary.cost_to_run > summary.budget:
             cost += " (the run will stop at the budget)"
     lines.append(cost)
+    for i, (model, price, source) in enumerate(summary.prices):
+        label = "prices" if i == 0 else ""
+        where = _SOURCES.get(source, source)
+        lines.append(f"{label:<10}{model} {price:.4g} {summary.currency} ({where})")
     lines.append(f"duration  ~{_clock(summary.seconds)} {summary.rate_note}")
     if summary.warnings:
         lines.append(f"{len(summary.warnings)} warning(s): see above")
@@ -247,6 +266,7 @@ def plan_json_lines(spec: Spec) -> Iterator[str]:
                 "image_size": task.image_size,
                 "variant": task.variant,
                 "price": task.price,
+                "price_source": spec.price_sources.get(task.model, "table"),
             },
             ensure_ascii=False,
         )
