@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Developer tasks that need nothing but Python 3.11+: each creates .venv on first use.
 
-    python3 tasks.py demo          run jobs/quickstart.yaml against the built-in simulator
+    python3 tasks.py demo          check, then run, jobs/quickstart.yaml on the built-in simulator
     python3 tasks.py test          every CI check: ruff, ruff format, mypy --strict, pytest
                                    (the browser tests too, when Chromium can be had)
     python3 tasks.py reliability   the crash/resume loop and fault matrix (minutes)
@@ -66,6 +66,13 @@ def tool(name: str) -> str:
 
 
 def task_demo(extra: list[str]) -> int:
+    # Before paying, ask: the key, its models, live prices, the balance (here the
+    # simulator's, like the real service); then run.
+    code = run(
+        tool("batchgen"), "check", "jobs/quickstart.yaml", "--sim", "--sim-profile", "gateway"
+    )
+    if code:
+        return code
     return run(tool("batchgen"), "run", "jobs/quickstart.yaml", "--sim", *extra)
 
 

@@ -337,3 +337,48 @@ async def test_the_next_run_starts_from_the_limit_this_one_learnt(
         summary = await run_job(more, sim, hook=hook)
     assert summary.counts["done"] == 8
     assert any("an earlier run learnt" in text for text in hook.texts("info"))
+
+
+# --- a logged-in site session ------------------------------------------------------------
+
+
+def test_a_playground_session_from_the_environment_runs_the_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With no key, COBABA_SESSION and COBABA_USER_ID run the job on the playground
+    routes (billed to that user), and neither appears in the output or the ledger."""
+    from batchgen.cli import main
+    from tests.runner_helpers import threaded_simulator
+
+    session = "canary-session-PLAYGROUND-73f1"
+    config = gateway(gateway_limit=0, sessions={session: "4242"})
+    spec = subjects_spec(tmp_path, subjects(3))
+    with threaded_simulator(config) as sim:
+        monkeypatch.delenv("COBABA_API_KEY", raising=False)
+        monkeypatch.setenv("COBABA_SESSION", session)
+        monkeypatch.setenv("COBABA_USER_ID", "4242")
+        code = main(["run", "--quiet", "--base-url", sim.base_url, str(spec)])
+        after = stats(sim)
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert after["charges_by_key"] == {"user:4242": 3}
+    assert session not in out + err
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert session.encode() not in path.read_bytes(), path
+
+
+def test_half_a_session_is_a_clear_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """COBABA_SESSION without COBABA_USER_ID is one line naming what is missing, exit 3."""
+    from batchgen.cli import main
+
+    monkeypatch.delenv("COBABA_API_KEY", raising=False)
+    monkeypatch.setenv("COBABA_SESSION", "some-session-value")
+    monkeypatch.delenv("COBABA_USER_ID", raising=False)
+    spec = subjects_spec(tmp_path, subjects(1))
+    assert main(["run", "--quiet", str(spec)]) == 3
+    err = capsys.readouterr().err
+    assert "COBABA_USER_ID is not set" in err
+    assert "some-session-value" not in err
