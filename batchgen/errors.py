@@ -15,6 +15,7 @@ an exception passes through :func:`redact`.
     ├── ConfigError                missing key, bad base URL, unusable folder  (exit 3)
     │   └── PreflightError         the service says the job cannot run as planned (exit 1)
     ├── LedgerError                the ledger cannot be opened or is foreign   (exit 3)
+    │   └── LeaseHeldError         another run holds the job's ledger          (exit 4)
     ├── APIError                   the service answered with an error          (accepted: no)
     │   ├── AuthenticationError    401, any code: invalid, expired or used-up key (exit 3)
     │   ├── PermissionDeniedError  403 for one model (token_model_forbidden, or no code)
@@ -61,6 +62,7 @@ __all__ = [
     "ConnectionLostError",
     "DownloadError",
     "DownloadTooLargeError",
+    "LeaseHeldError",
     "LedgerError",
     "ModelUnavailableError",
     "NotAnImageError",
@@ -190,6 +192,17 @@ class LedgerError(BatchgenError):
 
     default_code = "ledger"
     exit_code = 3
+
+
+class LeaseHeldError(LedgerError):
+    """Another run holds the job's ledger (``holder`` names it): nothing was changed."""
+
+    default_code = "lease_held"
+    exit_code = 4
+
+    def __init__(self, message: str, *, holder: object = None) -> None:
+        self.holder = holder
+        super().__init__(message)
 
 
 # --- errors answered by the service ---------------------------------------------------

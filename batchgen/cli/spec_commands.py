@@ -50,15 +50,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 async def _done_keys(spec: Any) -> frozenset[str]:
-    from batchgen.ledger.paths import ledger_path
-    from batchgen.ledger.schema import TaskState
-    from batchgen.ledger.store import Ledger
+    from batchgen.ledger.job import open_job
+    from batchgen.ledger.paths import job_ledgers
 
-    path = ledger_path(spec)
-    if not path.exists():
+    if not job_ledgers(spec):
         return frozenset()
-    async with Ledger.open(path, create=False) as ledger:
-        return frozenset([row.key async for row in ledger.iter_rows([TaskState.DONE])])
+    async with open_job(spec) as job:
+        return await job.done_keys()
 
 
 def cmd_schema(args: argparse.Namespace) -> int:

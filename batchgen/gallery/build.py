@@ -53,9 +53,9 @@ from batchgen.gallery.model import (
     variant_dimension,
 )
 from batchgen.gallery.sheet import write_contact_sheets
-from batchgen.ledger.paths import ledger_path
+from batchgen.ledger.job import open_job
+from batchgen.ledger.paths import job_ledgers, ledger_path
 from batchgen.ledger.schema import TaskRow, TaskState
-from batchgen.ledger.store import Ledger
 from batchgen.output.tree import resolve_inside, write_atomic
 from batchgen.spec.load import Spec, load_spec
 from batchgen.spec.matrix import PlannedTask, expand
@@ -137,7 +137,7 @@ async def make_gallery(
     variant = variant_dimension(skeleton) if spec.repeat > 1 else None
     choice = choose_axes(dims, x=x, y=y, variant=variant)
     path = ledger_path(spec)
-    if not path.is_file():
+    if not job_ledgers(spec):
         # A simulator job's folder is ``<output>-sim`` (Spec.for_simulator).
         sim = " --sim" if output.name.endswith("-sim") else ""
         hint = f"run `batchgen run {spec.display_path}{sim}` first"
@@ -147,10 +147,12 @@ async def make_gallery(
             f"no ledger at {path}: the job has not run yet ({hint})", code="no_ledger"
         )
     rows: dict[str, TaskRow] = {}
-    async with Ledger.open(path, create=False) as ledger:
-        async for row in ledger.iter_rows():
+    spent = 0.0
+    async with open_job(spec) as job:  # every shard's ledger, read only
+        async for row in job.iter_rows():
             rows[row.key] = row
-        spent = (await ledger.totals())["spent"]
+        for _, ledger in job.ledgers:
+            spent += (await ledger.totals())["spent"]
     planned_keys = {task.key for task in planned}
     not_in_spec = sum(1 for key in rows if key not in planned_keys)
 

@@ -1,15 +1,167 @@
-"""Where a job's ledger lives: ``<output>/batchgen.sqlite``."""
+"""Where a job's ledgers live: one at the output's root, or one per shard.
+
+An unsharded job keeps ``<output>/batchgen.sqlite``. A job split into N shards (run by
+a scheduler: a Kubernetes Indexed Job, a Slurm array, a CI matrix) keeps one ledger
+per shard, ``<output>/shards/<i>-of-<N>/batchgen.sqlite``, each written by one run
+only. A task belongs to shard ``int(key, 16) % N``: a stable hash of its key, so its
+shard never depends on the order of the matrix or on the other tasks. Once any shard
+has started, the job's shard count is fixed (:func:`check_layout`): a task submitted by
+one shard must never be submitted by another.
+"""
 
 from __future__ import annotations
 
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
+from batchgen.errors import UsageError
 from batchgen.ledger.schema import LEDGER_NAME
 from batchgen.spec.load import Spec
 
-__all__ = ["ledger_path"]
+__all__ = [
+    "SHARDS_DIR",
+    "Shard",
+    "check_layout",
+    "job_ledgers",
+    "ledger_path",
+    "parse_shard",
+    "shard_from_env",
+]
+
+SHARDS_DIR: Final = "shards"
+_NAME = re.compile(r"(\d+)-of-(\d+)")
+_TEXT = re.compile(r"\s*(\d+)\s*/\s*(\d+)\s*")
 
 
-def ledger_path(spec: Spec) -> Path:
-    """Where the ledger of ``spec`` lives: ``<output>/batchgen.sqlite``."""
-    return Path(spec.output_dir) / LEDGER_NAME
+@dataclass(frozen=True, slots=True)
+class Shard:
+    """Shard ``index`` (0-based) of ``count``."""
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if self.count < 1 or not 0 <= self.index < self.count:
+            raise UsageError(
+                f"shard {self.index}/{self.count}: the index runs from 0 to count - 1",
+                code="bad_shard",
+            )
+
+    @property
+    def name(self) -> str:
+        """The shard's folder name: ``<index>-of-<count>``."""
+        return f"{self.index}-of-{self.count}"
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+    def owns(self, key: str) -> bool:
+        """Whether the task with this key belongs to this shard."""
+        return int(key, 16) % self.count == self.index
+
+
+def parse_shard(text: str) -> Shard:
+    """``"I/N"`` as a Shard (raises UsageError for anything else)."""
+    match = _TEXT.fullmatch(text)
+    if match is None:
+        raise UsageError(f"a shard is I/N (0-based), e.g. 0/4; not {text!r}", code="bad_shard")
+    return Shard(int(match.group(1)), int(match.group(2)))
+
+
+def shard_from_env(env: Mapping[str, str], *, shards: int | None = None) -> Shard | None:
+    """The shard a scheduler asks for, if any.
+
+    ``BATCHGEN_SHARD=I/N``; Kubernetes Indexed Jobs set ``JOB_COMPLETION_INDEX`` (the
+    count comes from ``--shards N``); Slurm arrays set ``SLURM_ARRAY_TASK_ID`` and
+    ``SLURM_ARRAY_TASK_COUNT`` (ids counted from ``SLURM_ARRAY_TASK_MIN``, default 0).
+    """
+    if text := env.get("BATCHGEN_SHARD", "").strip():
+        return parse_shard(text)
+    if (index := env.get("JOB_COMPLETION_INDEX", "").strip()) and shards is not None:
+        return Shard(_int(index, "JOB_COMPLETION_INDEX"), shards)
+    if (task := env.get("SLURM_ARRAY_TASK_ID", "").strip()) and (
+        count := env.get("SLURM_ARRAY_TASK_COUNT", "").strip()
+    ):
+        first = _int(env.get("SLURM_ARRAY_TASK_MIN", "0") or "0", "SLURM_ARRAY_TASK_MIN")
+        return Shard(
+            _int(task, "SLURM_ARRAY_TASK_ID") - first, _int(count, "SLURM_ARRAY_TASK_COUNT")
+        )
+    if shards is not None and env.get("JOB_COMPLETION_INDEX") is None:
+        raise UsageError(
+            "--shards N needs the shard's index: JOB_COMPLETION_INDEX (a Kubernetes"
+            " Indexed Job sets it), or give --shard I/N",
+            code="bad_shard",
+        )
+    return None
+
+
+def _int(text: str, name: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise UsageError(f"{name}={text!r} is not a whole number", code="bad_shard") from None
+
+
+def ledger_path(spec: Spec, shard: Shard | None = None) -> Path:
+    """The ledger of ``spec`` (of one of its shards): see the module docstring."""
+    root = Path(spec.output_dir)
+    if shard is None:
+        return root / LEDGER_NAME
+    return root / SHARDS_DIR / shard.name / LEDGER_NAME
+
+
+def job_ledgers(spec: Spec) -> list[tuple[Shard | None, Path]]:
+    """Every ledger the job has: the root's, then each shard's, in shard order."""
+    root = Path(spec.output_dir)
+    found: list[tuple[Shard | None, Path]] = []
+    if (root / LEDGER_NAME).is_file():
+        found.append((None, root / LEDGER_NAME))
+    folder = root / SHARDS_DIR
+    if folder.is_dir():
+        shards = []
+        for entry in os.scandir(folder):
+            match = _NAME.fullmatch(entry.name)
+            if match and (Path(entry.path) / LEDGER_NAME).is_file():
+                index, count = int(match.group(1)), int(match.group(2))
+                if 0 <= index < count:
+                    shards.append(Shard(index, count))
+        for shard in sorted(shards, key=lambda s: (s.count, s.index)):
+            found.append((shard, ledger_path(spec, shard)))
+    return found
+
+
+def check_layout(spec: Spec, shard: Shard | None) -> None:
+    """Refuse a run whose sharding disagrees with the ledgers the job has already.
+
+    Raises UsageError naming the way out: the shard count is fixed once any shard has
+    started, and an unsharded job cannot be split (nor a split one joined) mid-way.
+    """
+    existing = job_ledgers(spec)
+    counts = sorted({s.count for s, _ in existing if s is not None})
+    has_root = any(s is None for s, _ in existing)
+    if shard is None and counts:
+        raise UsageError(
+            f"this job runs as {counts[0]} shards ({SHARDS_DIR}/*-of-{counts[0]} in"
+            f" {spec.output_dir}): run each with --shard I/{counts[0]}, and"
+            " `batchgen merge SPEC` for the whole; or give the job another output folder"
+            " to run it unsharded",
+            code="shard_mismatch",
+        )
+    if shard is not None and has_root:
+        raise UsageError(
+            f"this job was run unsharded ({LEDGER_NAME} in {spec.output_dir}): it cannot"
+            " be split now, since a task it submitted could be submitted again by a shard;"
+            " run it without --shard, or give the sharded job another output folder",
+            code="shard_mismatch",
+        )
+    if shard is not None and counts and counts != [shard.count]:
+        raise UsageError(
+            f"this job runs as {counts[0]} shards, not {shard.count}: the count is fixed"
+            f" once a shard has started; run --shard I/{counts[0]}, or give the job another"
+            " output folder to start over with another count",
+            code="shard_mismatch",
+        )

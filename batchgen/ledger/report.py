@@ -1,11 +1,19 @@
-"""Reading and amending a job's ledger outside a run: status, retry, export."""
+"""Reading and amending a job's ledgers outside a run: status, retry, export.
+
+``status`` and ``export`` read (never write) every ledger of the job, shards included,
+so they work while runs write them. ``retry`` changes rows, so it takes each ledger's
+lease like a run does, and is refused while a run holds it.
+"""
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
-from batchgen.errors import REFETCHABLE_CODES, UsageError
-from batchgen.ledger.paths import ledger_path
+from batchgen.errors import REFETCHABLE_CODES, LedgerError, UsageError
+from batchgen.ledger.job import open_job
+from batchgen.ledger.lease import hold, read_holder
+from batchgen.ledger.paths import job_ledgers, ledger_path
 from batchgen.ledger.schema import MEASURED_META, TaskState
 from batchgen.ledger.store import Ledger
 from batchgen.spec.load import Spec
@@ -14,30 +22,61 @@ __all__ = ["export_rows", "job_status", "retry_tasks"]
 
 
 async def job_status(spec: Spec) -> dict[str, Any]:
-    """Counts by state (every state, ``unknown`` included), failures by code, spend."""
-    path = ledger_path(spec)
-    async with Ledger.open(path, create=False) as ledger:
-        counts = await ledger.counts()
-        totals = await ledger.totals()
-        failures = await ledger.failures_by_code()
-        digest, spec_tasks = await ledger.last_synced()
-        last = await ledger.last_run_summary()
-        measured = await ledger.get_meta(MEASURED_META)
+    """Counts by state (every state, ``unknown`` included), failures by code, spend, and
+    who is running the job now; across every shard of a sharded job."""
+    counts: Counter[str] = Counter({s.value: 0 for s in TaskState})
+    failures: Counter[str] = Counter()
+    spent = remaining = 0.0
+    regenerations = 0
+    measured: list[float | None] = []
+    changed = False
+    not_in_spec = 0
+    last: dict[str, Any] | None = None
+    running: list[str] = []
+    shards: dict[str, dict[str, int]] = {}
+    async with open_job(spec) as job:
+        for shard, ledger in job.ledgers:
+            these = await ledger.counts()
+            counts.update(these)
+            failures.update(await ledger.failures_by_code())
+            totals = await ledger.totals()
+            spent += totals["spent"]
+            remaining += totals["remaining"]
+            regenerations += int(totals["regenerations"])
+            digest, spec_tasks = await ledger.last_synced()
+            changed = changed or (digest or "").partition(":")[0] != spec.digest
+            if spec_tasks is not None:
+                not_in_spec += sum(these.values()) - spec_tasks
+            text = await ledger.get_meta(MEASURED_META)
+            measured.append(None if text is None else float(text))
+            summary = await ledger.last_run_summary()
+            if summary is not None and (
+                last is None or summary["finished_at"] > last["finished_at"]
+            ):
+                last = summary
+            holder = await ledger.read(read_holder) if "lease" in ledger.tables else None
+            if holder is not None:
+                running.append(holder.describe())
+            if shard is not None:
+                shards[shard.name] = {k: v for k, v in these.items() if v}
+        paths = [str(ledger.path) for _, ledger in job.ledgers]
     return {
         "job": spec.name,
         "spec": str(spec.path),
-        "ledger": str(path),
+        "ledger": paths[0] if len(paths) == 1 else paths,
         "tasks": sum(counts.values()),
-        "counts": counts,
-        "failures_by_code": failures,
-        "spent": totals["spent"],
-        "spent_measured": None if measured is None else float(measured),
-        "remaining": totals["remaining"],
+        "counts": dict(counts),
+        "failures_by_code": dict(failures.most_common()),
+        "spent": round(spent, 6),
+        "spent_measured": None if None in measured else round(sum(m or 0.0 for m in measured), 6),
+        "remaining": round(remaining, 6),
         "currency": spec.currency,
-        "regenerations": int(totals["regenerations"]),
-        "spec_changed": (digest or "").partition(":")[0] != spec.digest,
-        "not_in_spec": (sum(counts.values()) - spec_tasks) if spec_tasks is not None else 0,
+        "regenerations": regenerations,
+        "spec_changed": changed,
+        "not_in_spec": not_in_spec,
         "last_run": last,
+        "running": running,
+        "shards": shards,
     }
 
 
@@ -54,67 +93,81 @@ async def retry_tasks(
     if not failed and not unknown:
         raise UsageError("nothing to retry: give --failed and/or --unknown")
     lines: list[str] = []
+    found = job_ledgers(spec)
+    if not found:
+        raise LedgerError(f"no ledger at {ledger_path(spec)}: nothing has run yet")
+    for shard, path in found:
+        async with (
+            Ledger.open(path, create=False) as ledger,
+            hold(ledger, command="batchgen retry"),
+        ):
+            changes = await _retry(ledger, failed=failed, unknown=unknown, code=code)
+        lines += [f"shard {shard}: {line}" if shard is not None else line for line in changes]
+    return lines
+
+
+async def _retry(ledger: Ledger, *, failed: bool, unknown: bool, code: str | None) -> list[str]:
+    lines: list[str] = []
     where_code = "error_code = ?" if code else ""
     params = [code] if code else []
-    async with Ledger.open(ledger_path(spec), create=False) as ledger:
-        if failed:
-            codes = sorted(REFETCHABLE_CODES)
-            marks = ", ".join("?" for _ in codes)
-            redownload = await ledger.bulk_set_state(
-                from_states=[TaskState.FAILED],
-                to_state=TaskState.DOWNLOADING,
-                detail="retry: download again",
-                where=" AND ".join(
-                    w for w in (f"error_code IN ({marks}) AND urls IS NOT NULL", where_code) if w
-                ),
-                params=[*codes, *params],
-                reset_attempts=True,
-                clear_error=True,
-            )
-            repoll = await ledger.bulk_set_state(
-                from_states=[TaskState.FAILED],
-                to_state=TaskState.RUNNING,
-                detail="retry: poll again",
-                restart_clock=True,
-                where=" AND ".join(
-                    w
-                    for w in ("error_code = 'task_timeout' AND remote_id IS NOT NULL", where_code)
-                    if w
-                ),
-                params=params,
-                clear_error=True,
-            )
-            resubmit = await ledger.bulk_set_state(
-                from_states=[TaskState.FAILED],
-                to_state=TaskState.PENDING,
-                detail="retry: resubmit",
-                where=where_code,
-                params=params,
-                reset_attempts=True,
-                clear_error=True,
-            )
-            lines.append(
-                f"failed: {resubmit} to resubmit, {redownload} to download again,"
-                f" {repoll} to poll again"
-            )
-        if unknown:
-            count = await ledger.bulk_set_state(
-                from_states=[TaskState.UNKNOWN],
-                to_state=TaskState.PENDING,
-                detail="retry: resubmit unknown (may pay twice)",
-                where=where_code,
-                params=params,
-                clear_error=True,
-            )
-            lines.append(f"unknown: {count} to resubmit (each may already have been charged)")
+    if failed:
+        codes = sorted(REFETCHABLE_CODES)
+        marks = ", ".join("?" for _ in codes)
+        redownload = await ledger.bulk_set_state(
+            from_states=[TaskState.FAILED],
+            to_state=TaskState.DOWNLOADING,
+            detail="retry: download again",
+            where=" AND ".join(
+                w for w in (f"error_code IN ({marks}) AND urls IS NOT NULL", where_code) if w
+            ),
+            params=[*codes, *params],
+            reset_attempts=True,
+            clear_error=True,
+        )
+        repoll = await ledger.bulk_set_state(
+            from_states=[TaskState.FAILED],
+            to_state=TaskState.RUNNING,
+            detail="retry: poll again",
+            restart_clock=True,
+            where=" AND ".join(
+                w
+                for w in ("error_code = 'task_timeout' AND remote_id IS NOT NULL", where_code)
+                if w
+            ),
+            params=params,
+            clear_error=True,
+        )
+        resubmit = await ledger.bulk_set_state(
+            from_states=[TaskState.FAILED],
+            to_state=TaskState.PENDING,
+            detail="retry: resubmit",
+            where=where_code,
+            params=params,
+            reset_attempts=True,
+            clear_error=True,
+        )
+        lines.append(
+            f"failed: {resubmit} to resubmit, {redownload} to download again,"
+            f" {repoll} to poll again"
+        )
+    if unknown:
+        count = await ledger.bulk_set_state(
+            from_states=[TaskState.UNKNOWN],
+            to_state=TaskState.PENDING,
+            detail="retry: resubmit unknown (may pay twice)",
+            where=where_code,
+            params=params,
+            clear_error=True,
+        )
+        lines.append(f"unknown: {count} to resubmit (each may already have been charged)")
     return lines
 
 
 async def export_rows(spec: Spec) -> list[dict[str, Any]]:
-    """Every task of the ledger with its inputs and results, in plan order."""
+    """Every task of the job (all its shards) with its inputs and results, in plan order."""
     rows: list[dict[str, Any]] = []
-    async with Ledger.open(ledger_path(spec), create=False) as ledger:
-        async for row in ledger.iter_rows():
+    async with open_job(spec) as job:
+        async for row in job.iter_rows():
             vars_ = dict(row.vars)
             rows.append(
                 {

@@ -117,6 +117,20 @@ MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
         CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
         """,
     ),
+    (
+        "0003_lease",
+        """
+        CREATE TABLE lease (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            host TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            command TEXT NOT NULL,
+            started_at REAL NOT NULL,
+            heartbeat_at REAL NOT NULL,
+            token TEXT NOT NULL
+        );
+        """,
+    ),
 )
 
 # Columns a transition may set. Each is written as ``CASE WHEN ? THEN ? ELSE col END``

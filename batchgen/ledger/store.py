@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 import anyio
@@ -37,6 +37,8 @@ from batchgen.errors import LedgerError, redact
 from batchgen.ledger.reads import ReadMixin
 from batchgen.ledger.schema import APPLICATION_ID, EVENT_SQL, MIGRATIONS, UPDATE_SQL, Transition
 from batchgen.ledger.sync import SyncMixin
+
+T = TypeVar("T")
 
 __all__ = ["Ledger"]
 
@@ -70,27 +72,43 @@ class Ledger(SyncMixin, ReadMixin):
         self._send: MemoryObjectSendStream[_Op] | None = None
         self.transitions_written = 0
         self.batches_written = 0
+        self.tables: set[str] = set()  # the tables the file had when it was opened
 
     # --- opening --------------------------------------------------------------------
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, path: Path, *, create: bool = True) -> AsyncIterator[Ledger]:
+    async def open(
+        cls, path: Path, *, create: bool = True, read_only: bool = False
+    ) -> AsyncIterator[Ledger]:
         """Open (creating and migrating) the ledger at ``path`` and start its writer.
+
+        ``read_only`` opens an existing ledger without changing anything in it (no
+        migration, no writer: writes raise LedgerError), so status, export, plan, the
+        gallery and check can read it while a run writes it.
 
         Raises LedgerError when the file is not a batchgen ledger or cannot be used.
         """
-        if not create and not path.exists():
+        if (not create or read_only) and not path.exists():
             raise LedgerError(f"no ledger at {path}: nothing has run yet")
         if path.is_dir():
             raise LedgerError(f"the ledger path {path} is a folder")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            conn = await aiosqlite.connect(path, isolation_level=None)
+            if read_only:
+                uri = f"{path.resolve().as_uri()}?mode=ro"
+                conn = await aiosqlite.connect(uri, uri=True, isolation_level=None)
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                conn = await aiosqlite.connect(path, isolation_level=None)
         except (OSError, aiosqlite.Error) as exc:
             raise LedgerError(f"cannot open the ledger {path}: {exc}") from None
         try:
             ledger = cls(conn, path)
+            if read_only:
+                await ledger._check_ours()
+                await conn.execute("PRAGMA busy_timeout=5000")
+                yield ledger
+                return
             await ledger._setup()
             send, receive = anyio.create_memory_object_stream[_Op](10_000)
             ledger._send = send
@@ -112,7 +130,8 @@ class Ledger(SyncMixin, ReadMixin):
             with anyio.CancelScope(shield=True):
                 await conn.close()
 
-    async def _setup(self) -> None:
+    async def _check_ours(self) -> int:
+        """The file's application id, once it is known to be a batchgen ledger (or new)."""
         conn = self._conn
         try:
             async with conn.execute("PRAGMA application_id") as cur:
@@ -120,11 +139,20 @@ class Ledger(SyncMixin, ReadMixin):
             app_id = int(row[0]) if row else 0
             async with conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'") as cur:
                 tables = {str(r[0]) for r in await cur.fetchall()}
-            if app_id not in (0, APPLICATION_ID) or (tables and "migrations" not in tables):
-                raise LedgerError(
-                    f"{self.path} is an SQLite file of another program, not a batchgen"
-                    " ledger: refusing to touch it"
-                )
+        except aiosqlite.Error as exc:
+            raise LedgerError(f"{self.path} is not a usable batchgen ledger: {exc}") from None
+        if app_id not in (0, APPLICATION_ID) or (tables and "migrations" not in tables):
+            raise LedgerError(
+                f"{self.path} is an SQLite file of another program, not a batchgen"
+                " ledger: refusing to touch it"
+            )
+        self.tables = tables
+        return app_id
+
+    async def _setup(self) -> None:
+        conn = self._conn
+        app_id = await self._check_ours()
+        try:
             if app_id == 0:
                 await conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             await conn.execute("PRAGMA journal_mode=WAL")
@@ -230,7 +258,7 @@ class Ledger(SyncMixin, ReadMixin):
     async def _enqueue(self, op: _Op) -> None:
         send = self._send
         if send is None:
-            raise LedgerError("the ledger is closed")
+            raise LedgerError("the ledger is closed (or open read-only)")
         try:
             await send.send(op)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
@@ -245,6 +273,13 @@ class Ledger(SyncMixin, ReadMixin):
             await op.done.wait()
             if op.error is not None:
                 raise op.error
+
+    async def read(self, fn: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
+        """Run the read-only ``fn(conn)`` on the connection now (not in the writer)."""
+        try:
+            return await fn(self._conn)
+        except aiosqlite.Error as exc:
+            raise LedgerError(f"cannot read the ledger {self.path}: {exc}") from None
 
     async def run_in_writer(self, fn: Callable[[aiosqlite.Connection], Awaitable[Any]]) -> Any:
         """Run ``fn(conn)`` inside the writer's next transaction, in queue order."""

@@ -12,9 +12,9 @@ from collections import Counter
 
 from batchgen.api.auth import BearerAuth, PlaygroundAuth, auth_from_env
 from batchgen.api.client import CobabaClient
-from batchgen.ledger.paths import ledger_path
-from batchgen.ledger.schema import MEASURED_META, TaskState
-from batchgen.ledger.store import Ledger
+from batchgen.ledger.job import open_job
+from batchgen.ledger.paths import job_ledgers
+from batchgen.ledger.schema import MEASURED_META
 from batchgen.preflight.check import Report, check_job, resolve_prices
 from batchgen.preflight.facts import gather
 from batchgen.spec.load import Spec
@@ -26,16 +26,15 @@ __all__ = ["check", "live_prices", "tasks_left"]
 async def tasks_left(spec: Spec) -> tuple[dict[str, int], float]:
     """Tasks not done yet per model, and the job's spend so far (the higher of the
     estimate and what the service's usage counter measured), from the ledger if any."""
-    done: set[str] = set()
+    done: frozenset[str] = frozenset()
     spent = 0.0
-    path = ledger_path(spec)
-    if path.exists():
-        async with Ledger.open(path, create=False) as ledger:
-            done = {row.key async for row in ledger.iter_rows([TaskState.DONE])}
-            spent = (await ledger.totals())["spent"]
-            measured = await ledger.get_meta(MEASURED_META)
-            if measured is not None:
-                spent = max(spent, float(measured))
+    if job_ledgers(spec):
+        async with open_job(spec) as job:  # every shard's, read only
+            done = await job.done_keys()
+            for _, ledger in job.ledgers:
+                estimated = (await ledger.totals())["spent"]
+                measured = await ledger.get_meta(MEASURED_META)
+                spent += max(estimated, float(measured)) if measured is not None else estimated
     left: Counter[str] = Counter(dict.fromkeys(spec.tasks_by_model, 0))
     for task in expand(spec):
         if task.key not in done:

@@ -24,8 +24,9 @@ import anyio
 
 from batchgen.api.auth import BearerAuth, PlaygroundAuth, Timeouts, auth_from_env
 from batchgen.api.client import PLAYGROUND_ENDPOINTS, CobabaClient
-from batchgen.errors import ConfigError, leaf_error
-from batchgen.ledger.paths import ledger_path
+from batchgen.errors import ConfigError, LeaseHeldError, leaf_error
+from batchgen.ledger.lease import Holder, hold
+from batchgen.ledger.paths import Shard, check_layout, ledger_path
 from batchgen.ledger.schema import MEASURED_META
 from batchgen.ledger.store import Ledger
 from batchgen.output.fetch import Downloader, is_local_host
@@ -59,6 +60,8 @@ class RunOptions:
     first_poll: float | None = None
     reply: str | None = None  # overrides the spec's api.reply
     check: bool = True  # the preflight (a few GETs); --no-check skips it
+    shard: Shard | None = None  # run only this shard's tasks, in its own ledger
+    take_over: bool = False  # take the ledger's lease even from a live-looking holder
 
 
 def _limits(spec: Spec, options: RunOptions) -> PipelineLimits:
@@ -134,6 +137,8 @@ async def arun(
             " raise limits.max_tasks or pass --max-tasks",
             code="too_many_tasks",
         )
+    shard = options.shard
+    check_layout(spec, shard)
     started = time.monotonic()
     limits = _limits(spec, options)
     host = urlsplit(base_url).hostname or ""
@@ -156,9 +161,22 @@ async def arun(
         for level, text in prepared.messages:
             hook.on_message(level, text)
         spec = prepared.spec
-        ledger = await stack.enter_async_context(Ledger.open(ledger_path(spec)))
+        ledger = await stack.enter_async_context(Ledger.open(ledger_path(spec, shard)))
+        # One writer per ledger: a second run of the job is refused here, unchanged.
+        lost: list[Pipeline] = []
+        await stack.enter_async_context(
+            hold(
+                ledger,
+                command=" ".join(["batchgen run", *([f"--shard {shard}"] if shard else [])]),
+                take_over=options.take_over,
+                on_message=hook.on_message,
+                on_lost=lambda holder: _lease_lost(lost, holder),
+            )
+        )
         await ledger.begin_run(argv=list(options.argv) or sys.argv, spec_digest=sync_digest(spec))
-        await startup(ledger, spec, resubmit_unknown=options.resubmit_unknown, hook=hook)
+        await startup(
+            ledger, spec, resubmit_unknown=options.resubmit_unknown, hook=hook, shard=shard
+        )
         downloader = await stack.enter_async_context(
             Downloader(
                 max_bytes=spec.limits.max_image_bytes,
@@ -196,6 +214,7 @@ async def arun(
             spent_before=totals["spent"],
             budget=budget,
         )
+        lost.append(pipeline)
         await remembered_limit(ledger, pipeline, client.base_url, hook)
         if handle is not None:
             handle.pipeline = pipeline
@@ -207,10 +226,20 @@ async def arun(
             raise leaf_error(group) from None
         finally:
             with anyio.CancelScope(shield=True):
-                summary = await close_run(ledger, spec, output, hook, started, pipeline)
+                summary = await close_run(
+                    ledger, spec, output, hook, started, pipeline, shard=shard
+                )
         if pipeline.fatal is not None:
             raise pipeline.fatal
         return summary
+
+
+def _lease_lost(pipelines: list[Pipeline], holder: Holder | None) -> None:
+    """Another process took the lease over: stop writing at once."""
+    who = holder.describe() if holder is not None else "another process"
+    error = LeaseHeldError(f"the job's lease was taken over by {who}: this run stops")
+    for pipeline in pipelines:
+        pipeline.state.fail_run(error)
 
 
 def _float(text: str | None) -> float | None:

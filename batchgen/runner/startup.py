@@ -13,9 +13,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from batchgen.ledger.paths import Shard
 from batchgen.ledger.schema import NewTask, TaskState, Transition
 from batchgen.ledger.store import Ledger
 from batchgen.output.fetch import PART_SUFFIX
@@ -37,9 +39,12 @@ def sync_digest(spec: Spec) -> str:
     return f"{spec.digest}:{prices}"
 
 
-def new_tasks(spec: Spec) -> Iterator[NewTask]:
-    """The spec's planned tasks as the ledger stores them (with their file paths)."""
+def new_tasks(spec: Spec, shard: Shard | None = None) -> Iterator[NewTask]:
+    """The spec's planned tasks (of one shard) as the ledger stores them, with their
+    file paths."""
     for task in expand(spec):
+        if shard is not None and not shard.owns(task.key):
+            continue
         fields: dict[str, object] = dict(task.vars)
         fields.update(
             prompt=task.prompt,
@@ -62,7 +67,14 @@ def new_tasks(spec: Spec) -> Iterator[NewTask]:
         )
 
 
-async def startup(ledger: Ledger, spec: Spec, *, resubmit_unknown: bool, hook: ProgressHook) -> int:
+async def startup(
+    ledger: Ledger,
+    spec: Spec,
+    *,
+    resubmit_unknown: bool,
+    hook: ProgressHook,
+    shard: Shard | None = None,
+) -> int:
     """Recover, sync, verify files. Returns how many tasks a previous run left unknown."""
     recovered = await ledger.bulk_set_state(
         from_states=[TaskState.SUBMITTING],
@@ -78,7 +90,7 @@ async def startup(ledger: Ledger, spec: Spec, *, resubmit_unknown: bool, hook: P
         )
     digest, known = await ledger.last_synced()
     if not (digest == sync_digest(spec) and known is not None and await ledger.adopt_last_sync()):
-        added, seen = await ledger.sync(new_tasks(spec))
+        added, seen = await ledger.sync(new_tasks(spec, shard))
         if added and added != seen:
             hook.on_message("info", f"the spec adds {added} new task(s) to this job")
     missing = await ledger.count_not_in_run()
@@ -96,7 +108,7 @@ async def startup(ledger: Ledger, spec: Spec, *, resubmit_unknown: bool, hook: P
         if count:
             hook.on_message("warning", f"resubmitting {count} unknown task(s) (policy)")
     await _verify_files(ledger, Path(spec.output_dir), hook)
-    _clean_partials(Path(spec.output_dir))
+    _clean_partials(Path(spec.output_dir), shared=shard is not None)
     return missing
 
 
@@ -124,14 +136,31 @@ async def _verify_files(ledger: Ledger, root: Path, hook: ProgressHook) -> None:
         )
 
 
-def _clean_partials(root: Path) -> None:
-    """Remove ``*.part`` files a killed run left behind (their task is not done)."""
+#: A partial file this old is a killed run's, not a download in progress (a live one is
+#: written to far more often than this, and its download times out well before).
+STALE_PARTIAL = 600.0
+
+
+def _clean_partials(root: Path, *, shared: bool = False) -> None:
+    """Remove ``*.part`` files a killed run left behind (their task is not done).
+
+    ``shared``: other shards may be downloading into the same tree right now; only
+    partial files untouched for :data:`STALE_PARTIAL` seconds are a dead run's.
+    """
     if not root.exists():
         return
+    now = time.time()
     for dirpath, _dirs, files in os.walk(root):
         for name in files:
             if name.endswith(PART_SUFFIX) and name.startswith("."):
-                Path(dirpath, name).unlink(missing_ok=True)
+                path = Path(dirpath, name)
+                if shared:
+                    try:
+                        if now - path.stat().st_mtime < STALE_PARTIAL:
+                            continue
+                    except OSError:
+                        continue
+                path.unlink(missing_ok=True)
 
 
 async def remembered_limit(

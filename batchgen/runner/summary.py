@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from batchgen.errors import LedgerError
+from batchgen.ledger.paths import Shard
 from batchgen.ledger.schema import MEASURED_META, TaskState
 from batchgen.ledger.store import Ledger
 from batchgen.output.tree import METADATA_NAME, SUMMARY_NAME, write_atomic, write_metadata
@@ -161,8 +162,13 @@ async def close_run(
     hook: ProgressHook,
     started: float,
     pipeline: Pipeline,
+    *,
+    shard: Shard | None = None,
 ) -> RunSummary:
     """Write the manifest and the summary, and record the end of the run.
+
+    A shard writes its summary beside its ledger and no manifest: the job's one
+    ``metadata.jsonl`` comes from all shards (``batchgen merge``).
 
     Each step is tried on its own: on a full disk the error that stopped the run must
     reach the user, not a second failure of the clean-up. What is skipped here is
@@ -177,10 +183,13 @@ async def close_run(
             await ledger.set_meta(MEASURED_META, f"{budget.measured:.6f}")
         except LedgerError as exc:
             hook.on_message("warning", f"could not record the measured spend: {exc}")
-    try:
-        await write_metadata_if_changed(ledger, spec, output)
-    except OSError as exc:
-        hook.on_message("warning", f"could not rewrite {output / 'metadata.jsonl'}: {exc}")
+    if shard is None:
+        try:
+            await write_metadata_if_changed(ledger, spec, output)
+        except OSError as exc:
+            hook.on_message("warning", f"could not rewrite {output / 'metadata.jsonl'}: {exc}")
+    else:
+        output = ledger.path.parent
     summary = await summarize(ledger, spec, started=started, pipeline=pipeline)
     try:
         await ledger.end_run(summary.as_dict())
