@@ -621,3 +621,46 @@ def test_the_key_never_leaks(
         data = path.read_bytes()
         assert canary.encode() not in data, path
         assert secret_part.encode() not in data, path
+
+
+def test_shards_run_and_merge_from_the_command_line(
+    tmp_path: Path,
+    sim: SimServer,
+    keyed: None,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`run --shard`, a shard from BATCHGEN_SHARD, `status` over both shards, `merge`
+    (text and JSON), and the one-line refusals: an unsharded run of a sharded job (2),
+    a --from folder that is no shard output (3)."""
+    monkeypatch.delenv("BATCHGEN_SHARD", raising=False)
+    spec = subjects_spec(tmp_path, ["cat", "dog", "owl", "fox", "elk"])
+    run = ["run", "--quiet", "--base-url", sim.base_url]
+    assert main([*run, "--shard", "0/2", str(spec)]) == 0
+    out = capsys.readouterr().out
+    assert "shard 0/2" in out
+    assert "batchgen merge" in out
+    assert not (output_dir(spec) / "metadata.jsonl").exists()
+    monkeypatch.setenv("BATCHGEN_SHARD", "1/2")
+    assert main([*run, str(spec)]) == 0
+    assert "shard 1/2" in capsys.readouterr().out
+    monkeypatch.delenv("BATCHGEN_SHARD")
+    assert main(["status", str(spec)]) == 0
+    status = capsys.readouterr().out
+    assert "5 task(s) in 2 ledgers" in status
+    assert main(["merge", str(spec)]) == 0
+    assert "5 image(s) in" in capsys.readouterr().out
+    assert main(["merge", "--json", str(spec)]) == 0
+    merged = json.loads(capsys.readouterr().out)
+    assert merged["images"] == 5
+    assert merged["ledgers"] == 2
+    rows = (output_dir(spec) / "metadata.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(rows) == 5
+    assert main([*run, str(spec)]) == 2
+    _, err = capsys.readouterr()
+    assert len(err.splitlines()) == 1
+    assert "--shard I/2" in err
+    assert main(["merge", "--from", str(tmp_path / "nowhere"), str(spec)]) == 3
+    _, err = capsys.readouterr()
+    assert len(err.splitlines()) == 1
+    _no_traceback(err)

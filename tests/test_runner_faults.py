@@ -83,7 +83,7 @@ async def test_a_configured_rate_under_the_limit_sees_no_429(
     tmp_path: Path, sim_factory: SimFactory
 ) -> None:
     """With limits.requests_per_minute under the service's bucket, no submission is refused."""
-    spec_path = subjects_spec(tmp_path, SUBJECTS[:10], limits="requests_per_minute: 480\nburst: 2")
+    spec_path = subjects_spec(tmp_path, SUBJECTS[:10], limits="requests_per_minute: 300\nburst: 2")
     async with sim_factory(sim_config(rpm=600, burst=2)) as sim:
         summary = await run_job(spec_path, sim)
         after = stats(sim)

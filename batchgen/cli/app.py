@@ -11,10 +11,11 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from batchgen import __version__
 from batchgen.cli.check_commands import cmd_check
-from batchgen.cli.ledger_commands import cmd_export, cmd_retry, cmd_status
+from batchgen.cli.ledger_commands import cmd_export, cmd_merge, cmd_retry, cmd_status
 from batchgen.cli.run_commands import cmd_run, cmd_sim
 from batchgen.cli.spec_commands import cmd_plan, cmd_schema, cmd_validate
 from batchgen.errors import BatchgenError, SpecError, leaf_error, redact
@@ -118,6 +119,24 @@ def build_parser() -> argparse.ArgumentParser:
         " budget by estimate only",
     )
     p.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="run only shard I (0-based) of N, in its own ledger (default: BATCHGEN_SHARD,"
+        " JOB_COMPLETION_INDEX with --shards, or SLURM_ARRAY_TASK_ID and _COUNT)",
+    )
+    p.add_argument(
+        "--shards",
+        type=int,
+        metavar="N",
+        help="the shard count, with JOB_COMPLETION_INDEX (a Kubernetes Indexed Job) as I",
+    )
+    p.add_argument(
+        "--take-over",
+        action="store_true",
+        help="take the job's ledger from a run that still looks alive; if it is in fact"
+        " running, both submit the same tasks and the service charges twice",
+    )
+    p.add_argument(
         "--base-url", metavar="URL", help="service URL (overrides COBABA_BASE_URL and the spec)"
     )
     p.add_argument(
@@ -198,6 +217,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--failed", action="store_true", help="retry failed tasks (the default)")
     p.add_argument("--unknown", action="store_true", help="resubmit unknown tasks (may pay twice)")
     p.add_argument("--code", metavar="CODE", help="only tasks that failed with this error code")
+    _sim_flag(p)
+
+    p = add(
+        "merge",
+        cmd_merge,
+        "write a sharded job's one metadata.jsonl and summary.json from all its shards",
+    )
+    _spec_arg(p)
+    p.add_argument(
+        "--from",
+        dest="sources",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="DIR",
+        help="the output folder of shards run elsewhere: copy in its ledgers and images"
+        " (checked by sha256); repeatable",
+    )
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     _sim_flag(p)
 
     p = add("export", cmd_export, "export every task with its result as JSON lines or CSV")

@@ -30,7 +30,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(status, indent=2, ensure_ascii=False))
         return 0
     counts = status["counts"]
-    print(f"{status['job']}: {status['tasks']} task(s) in {status['ledger']}")
+    where = status["ledger"]
+    if isinstance(where, list):
+        where = f"{len(where)} ledgers ({', '.join(status['shards']) or 'root'})"
+    print(f"{status['job']}: {status['tasks']} task(s) in {where}")
+    for holder in status["running"]:
+        print(f"  running: {holder}")
     for state, count in counts.items():
         print(f"  {state:<12} {count:>8}")
     if status["failures_by_code"]:
@@ -93,4 +98,24 @@ def cmd_export(args: argparse.Namespace) -> int:
     finally:
         if out is not sys.stdout:
             out.close()
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    """Write the job's one manifest and summary from all its shards (gathered first)."""
+    from batchgen.output.merge import merge
+
+    spec = load_spec_arg(args)
+    result = anyio.run(lambda: merge(spec, sources=args.sources), backend="asyncio")
+    if args.json:
+        print(json.dumps(result.as_dict(), indent=2, ensure_ascii=False))
+        return 0
+    counts = ", ".join(f"{n} {s}" for s, n in result.counts.items() if n)
+    print(f"{spec.name}: {result.ledgers} ledger(s), {result.tasks} task(s) ({counts})")
+    if result.copied_ledgers or result.copied_images:
+        print(
+            f"  gathered {len(result.copied_ledgers)} ledger(s) and {result.copied_images}"
+            " image(s), each checked by sha256"
+        )
+    print(f"  {result.images} image(s) in {result.metadata}")
     return 0

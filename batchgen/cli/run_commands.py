@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from typing import Any
@@ -34,6 +35,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         resubmit_unknown=args.resubmit_unknown,
         argv=["batchgen", *sys.argv[1:]],
         check=not args.no_check,
+        shard=_shard(args),
+        take_over=args.take_over,
     )
     hook = pick_hook(json_lines=args.json, quiet=args.quiet)
     summary = anyio.run(_run_async, spec, options, hook, args, backend="asyncio")
@@ -47,6 +50,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         index = anyio.run(build_gallery, spec, backend="asyncio")
         print(f"  gallery: {index}", file=sys.stderr if args.json else sys.stdout)
     return int(summary.exit_code)
+
+
+def _shard(args: argparse.Namespace) -> Any:
+    """The shard this run is: ``--shard I/N``, else what the scheduler's variables say."""
+    from batchgen.ledger.paths import parse_shard, shard_from_env
+
+    if args.shard:
+        return parse_shard(args.shard)
+    return shard_from_env(os.environ, shards=args.shards)
 
 
 async def _run_async(spec: Any, options: Any, hook: Any, args: argparse.Namespace) -> Any:
@@ -121,9 +133,16 @@ def _format_summary(summary: Any, spec: Any) -> str:
     if summary.not_in_spec:
         lines.append(f"  {summary.not_in_spec} task(s) in the ledger are no longer in the spec")
     lines.append(f"  output: {summary.output}")
-    if summary.exit_code == 130:
+    if summary.shard:
         lines.append(
-            f"  interrupted: run `batchgen run {quote_path(summary.spec)}` again to resume"
+            f"  shard {summary.shard}: `batchgen status {quote_path(summary.spec)}` counts"
+            f" every shard; once all are done, `batchgen merge {quote_path(summary.spec)}`"
+            " writes the job's one metadata.jsonl"
+        )
+    if summary.exit_code == 130:
+        shard = f" --shard {summary.shard}" if summary.shard else ""
+        lines.append(
+            f"  interrupted: run `batchgen run{shard} {quote_path(summary.spec)}` again to resume"
         )
     elif counts.get("unknown"):
         lines.append(

@@ -39,7 +39,15 @@ import anyio
 from batchgen.errors import LeaseHeldError, LedgerError
 from batchgen.ledger.store import Ledger
 
-__all__ = ["HEARTBEAT", "STALE_AFTER", "Holder", "hold", "holder_of", "read_holder"]
+__all__ = [
+    "HEARTBEAT",
+    "STALE_AFTER",
+    "Holder",
+    "hold",
+    "holder_of",
+    "read_holder",
+    "refuse_if_held",
+]
 
 #: Seconds between heartbeats of the holder.
 HEARTBEAT: Final = 5.0
@@ -119,6 +127,25 @@ def _os_unlock(handle: IO[Any] | None) -> None:
     if handle is not None:
         with contextlib.suppress(OSError):
             handle.close()  # closing the file drops the lock
+
+
+async def refuse_if_held(path: Path) -> None:
+    """Raise LeaseHeldError now if a live run holds ``path`` (changing nothing).
+
+    A fast path for a run to say so before it does anything else (the preflight's
+    requests); :func:`hold` remains the decision. A ledger or lock file that does not
+    exist yet is not created.
+    """
+    lock_path = path.with_name(path.name + _LOCK_SUFFIX)
+    if not lock_path.is_file():
+        return
+    lock, locked_elsewhere = _os_lock(path)
+    _os_unlock(lock)
+    holder = await holder_of(path) if path.is_file() else None
+    if locked_elsewhere:
+        raise LeaseHeldError(_refusal(path, holder), holder=holder)
+    if holder is not None and _alive(holder, locked=lock is not None):
+        raise LeaseHeldError(_refusal(path, holder), holder=holder)
 
 
 async def holder_of(path: Path) -> Holder | None:

@@ -30,6 +30,7 @@ __all__ = [
     "ledger_path",
     "parse_shard",
     "shard_from_env",
+    "shard_of_folder",
 ]
 
 SHARDS_DIR: Final = "shards"
@@ -106,6 +107,15 @@ def _int(text: str, name: str) -> int:
         raise UsageError(f"{name}={text!r} is not a whole number", code="bad_shard") from None
 
 
+def shard_of_folder(name: str) -> Shard | None:
+    """The shard a ``shards/`` folder name (``I-of-N``) stands for, or None."""
+    match = _NAME.fullmatch(name)
+    if match is None:
+        return None
+    index, count = int(match.group(1)), int(match.group(2))
+    return Shard(index, count) if 0 <= index < count else None
+
+
 def ledger_path(spec: Spec, shard: Shard | None = None) -> Path:
     """The ledger of ``spec`` (of one of its shards): see the module docstring."""
     root = Path(spec.output_dir)
@@ -124,11 +134,9 @@ def job_ledgers(spec: Spec) -> list[tuple[Shard | None, Path]]:
     if folder.is_dir():
         shards = []
         for entry in os.scandir(folder):
-            match = _NAME.fullmatch(entry.name)
-            if match and (Path(entry.path) / LEDGER_NAME).is_file():
-                index, count = int(match.group(1)), int(match.group(2))
-                if 0 <= index < count:
-                    shards.append(Shard(index, count))
+            shard = shard_of_folder(entry.name)
+            if shard is not None and (Path(entry.path) / LEDGER_NAME).is_file():
+                shards.append(shard)
         for shard in sorted(shards, key=lambda s: (s.count, s.index)):
             found.append((shard, ledger_path(spec, shard)))
     return found

@@ -25,7 +25,7 @@ import anyio
 from batchgen.api.auth import BearerAuth, PlaygroundAuth, Timeouts, auth_from_env
 from batchgen.api.client import PLAYGROUND_ENDPOINTS, CobabaClient
 from batchgen.errors import ConfigError, LeaseHeldError, leaf_error
-from batchgen.ledger.lease import Holder, hold
+from batchgen.ledger.lease import Holder, hold, refuse_if_held
 from batchgen.ledger.paths import Shard, check_layout, ledger_path
 from batchgen.ledger.schema import MEASURED_META
 from batchgen.ledger.store import Ledger
@@ -155,6 +155,8 @@ async def arun(
                 max_connections=max(limits.concurrency, limits.poll_workers) + 8,
             )
         )
+        if not options.take_over:  # another run of the job: say so before asking anything
+            await refuse_if_held(ledger_path(spec, shard))
         # Before the ledger is touched: a refused key or an unusable model ends the run
         # with nothing written and nothing paid.
         prepared = await before_run(spec, client, check=options.check)
@@ -193,7 +195,7 @@ async def arun(
             to_do=sum(counts.values()) - counts["done"] - counts["failed"] - counts["unknown"],
         )
         budget = Budget(
-            limit=spec.limits.budget,
+            limit=_budget_share(spec, shard, hook),
             spent_before=totals["spent"],
             measured_before=_float(await ledger.get_meta(MEASURED_META)),
             balance=prepared.balance,
@@ -232,6 +234,24 @@ async def arun(
         if pipeline.fatal is not None:
             raise pipeline.fatal
         return summary
+
+
+def _budget_share(spec: Spec, shard: Shard | None, hook: ProgressHook) -> float | None:
+    """The budget this run holds: ``limits.budget``, or a shard's even share of it.
+
+    Shards may run on machines that see nothing of one another, so each holds its
+    share; the job as a whole then never spends past the budget.
+    """
+    budget = spec.limits.budget
+    if budget is None or shard is None:
+        return budget
+    share = budget / shard.count
+    hook.on_message(
+        "info",
+        f"shard {shard}: its share of limits.budget is {share:.4f} {spec.currency}"
+        f" (the job's {budget:g} over {shard.count} shards)",
+    )
+    return share
 
 
 def _lease_lost(pipelines: list[Pipeline], holder: Holder | None) -> None:

@@ -112,7 +112,8 @@ def _budget_reached(run: RunState) -> str:
     if measured is not None and measured > run.spent + 1e-9:
         spent += (
             f" (the service's usage counter says {measured:.4f}; batchgen estimated"
-            f" {run.spent:.4f})"
+            f" {run.spent:.4f}; the counter counts all the key spent meanwhile, other"
+            " runs and shards on the key included)"
         )
     if budget.cap is not None and (budget.limit is None or budget.cap < budget.limit):
         return (

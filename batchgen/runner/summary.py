@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from batchgen.errors import LedgerError
+from batchgen.ledger.job import JobLedgers
 from batchgen.ledger.paths import Shard
-from batchgen.ledger.schema import MEASURED_META, TaskState
+from batchgen.ledger.schema import MEASURED_META
 from batchgen.ledger.store import Ledger
+from batchgen.output.merge import manifest_rows
 from batchgen.output.tree import METADATA_NAME, SUMMARY_NAME, write_atomic, write_metadata
 from batchgen.runner.pipeline import Pipeline
 from batchgen.runner.progress import ProgressHook
@@ -59,6 +60,8 @@ class RunSummary:
     messages: list[str] = field(default_factory=list)
     #: The job's spend as the service's usage counter measured it (None: not measured).
     spent_measured: float | None = None
+    #: The shard this run was (``"I/N"``), None for an unsharded job.
+    shard: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready copy."""
@@ -82,26 +85,8 @@ async def write_metadata_if_changed(ledger: Ledger, spec: Spec, output: Path) ->
     marker = f"{await ledger.last_event_id()}:{spec.digest}"
     if await ledger.get_meta(_METADATA_MARKER) == marker and (output / METADATA_NAME).is_file():
         return
-    await write_metadata(output, _metadata_rows(ledger))
+    await write_metadata(output, manifest_rows(JobLedgers([(None, ledger)])))
     await ledger.set_meta(_METADATA_MARKER, marker)
-
-
-async def _metadata_rows(ledger: Ledger) -> AsyncIterator[dict[str, Any]]:
-    async for row in ledger.iter_rows([TaskState.DONE], in_run=False):
-        vars_ = dict(row.vars)
-        for entry in row.files:
-            yield {
-                "file_name": entry.get("path"),
-                "prompt": row.prompt,
-                "model": row.model,
-                "aspect_ratio": vars_.get("aspect_ratio"),
-                "image_size": vars_.get("image_size"),
-                "vars": vars_,
-                "key": row.key,
-                "sha256": entry.get("sha256"),
-                "width": entry.get("width"),
-                "height": entry.get("height"),
-            }
 
 
 async def summarize(
@@ -191,6 +176,7 @@ async def close_run(
     else:
         output = ledger.path.parent
     summary = await summarize(ledger, spec, started=started, pipeline=pipeline)
+    summary.shard = None if shard is None else str(shard)
     try:
         await ledger.end_run(summary.as_dict())
     except LedgerError as exc:
