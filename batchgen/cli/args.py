@@ -23,6 +23,7 @@ def load_spec_arg(args: argparse.Namespace) -> Any:
         args.spec,
         base_url=getattr(args, "base_url", None),
         max_tasks=getattr(args, "max_tasks", None),
+        simulated=bool(getattr(args, "sim", False)),
     )
     for warning in spec.warnings:
         print(str(warning), file=sys.stderr)

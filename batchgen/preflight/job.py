@@ -37,7 +37,8 @@ async def tasks_left(spec: Spec) -> tuple[dict[str, int], float]:
             if measured is not None:
                 spent = max(spent, float(measured))
     left: Counter[str] = Counter(dict.fromkeys(spec.tasks_by_model, 0))
-    for task in expand(spec):
+    # Counting only: a generated axis not locked yet still has its number of values.
+    for task in expand(spec, counting=True):
         if task.key not in done:
             left[task.model] += 1
     return dict(left), spent
