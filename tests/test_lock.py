@@ -123,9 +123,8 @@ def test_keys_follow_the_values(tmp_path: Path) -> None:
     digest = load_spec(path).digest
     lock(path, locked(("a teapot", "a lamp", "a kettle")))
     second = {t.prompt: t.key for t in expand(load_spec(path))}
-    assert first["A studio photo of a teapot, soft light"] == (
-        second["A studio photo of a teapot, soft light"]
-    )
+    teapot = "A studio photo of a teapot, soft light"
+    assert first[teapot] == second[teapot]
     assert "A studio photo of a boot, soft light" not in second
     assert load_spec(path).digest != digest
 
