@@ -15,6 +15,7 @@ an exception passes through :func:`redact`.
     ├── ConfigError                missing key, bad base URL, unusable folder  (exit 3)
     │   └── PreflightError         the service says the job cannot run as planned (exit 1)
     ├── LedgerError                the ledger cannot be opened or is foreign   (exit 3)
+    ├── GenerationError            a generated axis did not get its values     (exit 1)
     ├── APIError                   the service answered with an error          (accepted: no)
     │   ├── AuthenticationError    401, any code: invalid, expired or used-up key (exit 3)
     │   ├── PermissionDeniedError  403 for one model (token_model_forbidden, or no code)
@@ -61,6 +62,7 @@ __all__ = [
     "ConnectionLostError",
     "DownloadError",
     "DownloadTooLargeError",
+    "GenerationError",
     "LedgerError",
     "ModelUnavailableError",
     "NotAnImageError",
@@ -190,6 +192,18 @@ class LedgerError(BatchgenError):
 
     default_code = "ledger"
     exit_code = 3
+
+
+class GenerationError(BatchgenError):
+    """A generated axis did not get its values: too few distinct ones after the bounded
+    requests, the budget, or a pause longer than allowed. ``axis`` names it; answers
+    already paid for stay in the ledger and are reused by the next lock."""
+
+    default_code = "generation_failed"
+
+    def __init__(self, message: str, *, axis: str = "", **kw: object) -> None:
+        self.axis = axis
+        super().__init__(message, **kw)  # type: ignore[arg-type]
 
 
 # --- errors answered by the service ---------------------------------------------------

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from batchgen import __version__
 from batchgen.cli.check_commands import cmd_check
 from batchgen.cli.ledger_commands import cmd_export, cmd_retry, cmd_status
-from batchgen.cli.run_commands import cmd_run, cmd_sim
+from batchgen.cli.run_commands import cmd_lock, cmd_run, cmd_sim
 from batchgen.cli.spec_commands import cmd_plan, cmd_schema, cmd_validate
 from batchgen.errors import BatchgenError, SpecError, leaf_error, redact
 
@@ -168,6 +168,30 @@ def build_parser() -> argparse.ArgumentParser:
         "--sim",
         action="store_true",
         help="ask the built-in simulator (no key needed; its job folder is <output>-sim)",
+    )
+    _sim_profile(p)
+
+    p = add(
+        "lock",
+        cmd_lock,
+        "ask the chat model for the spec's generated axes and write <spec>.lock.yaml",
+    )
+    _spec_arg(p)
+    p.add_argument(
+        "--refresh",
+        action="append",
+        metavar="AXIS",
+        help="ask again for this generated axis, even if locked (repeatable; its tasks get"
+        " new keys)",
+    )
+    p.add_argument(
+        "--base-url", metavar="URL", help="service URL (overrides COBABA_BASE_URL and the spec)"
+    )
+    p.add_argument(
+        "--sim",
+        action="store_true",
+        help="ask the built-in simulator's chat model (no key needed); writes"
+        " <spec>.sim.lock.yaml, which only --sim commands read",
     )
     _sim_profile(p)
 

@@ -11,6 +11,7 @@ runs the :class:`~batchgen.pipeline.Pipeline`, then rewrites ``metadata.jsonl`` 
 from __future__ import annotations
 
 import os
+import random
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -24,18 +25,22 @@ import anyio
 
 from batchgen.api.auth import BearerAuth, PlaygroundAuth, Timeouts, auth_from_env
 from batchgen.api.client import PLAYGROUND_ENDPOINTS, CobabaClient
-from batchgen.errors import ConfigError, leaf_error
+from batchgen.errors import ConfigError, SpecError, leaf_error
 from batchgen.ledger.paths import ledger_path
 from batchgen.ledger.schema import MEASURED_META
 from batchgen.ledger.store import Ledger
 from batchgen.output.fetch import Downloader, is_local_host
 from batchgen.preflight.before_run import before_run
 from batchgen.runner.budget import Budget
+from batchgen.runner.locking import lock_for_run
 from batchgen.runner.pipeline import Pipeline, PipelineLimits
 from batchgen.runner.progress import NullHook, ProgressHook, Snapshot
+from batchgen.runner.service_limit import ServiceLimit
 from batchgen.runner.startup import remembered_limit, startup, sync_digest
+from batchgen.runner.state import submit_throttle
 from batchgen.runner.summary import RunSummary, close_run
 from batchgen.spec.load import Spec, load_spec
+from batchgen.spec.lock import unlocked_issues
 from batchgen.spec.matrix import count_tasks
 from batchgen.spec.request import materialize_request
 
@@ -80,6 +85,8 @@ def _limits(spec: Spec, options: RunOptions) -> PipelineLimits:
         first_poll=options.first_poll if options.first_poll is not None else 1.0,
         reply=options.reply or spec.reply,
         currency=spec.currency,
+        embed=spec.embed,
+        job=spec.name,
     )
 
 
@@ -118,6 +125,8 @@ async def arun(
     hook = hook or NullHook()
     if not isinstance(spec, Spec):
         spec = load_spec(spec, base_url=options.base_url, max_tasks=options.max_tasks)
+    if spec.stale:  # nothing regenerates silently: `batchgen lock --refresh` does
+        raise SpecError(unlocked_issues(spec.display_path, spec.stale))
     base_url = options.base_url or spec.base_url
     auth = options.auth or auth_from_env()
     if isinstance(auth, PlaygroundAuth) and spec.endpoint not in PLAYGROUND_ENDPOINTS:
@@ -157,6 +166,29 @@ async def arun(
             hook.on_message(level, text)
         spec = prepared.spec
         ledger = await stack.enter_async_context(Ledger.open(ledger_path(spec)))
+        # One throttle for the chat calls of a lock (if the spec needs one) and the
+        # submissions after it: the gateway counts both in the same window.
+        throttle = submit_throttle(
+            limits, random.Random(limits.seed), ServiceLimit(clock=anyio.current_time)
+        )
+        assert throttle.limit is not None
+        limit_saved = await remembered_limit(ledger, throttle.limit, client.base_url, hook)
+        before_lock = (await ledger.totals())["spent"]
+        if spec.unlocked:
+            spec = await lock_for_run(
+                spec,
+                ledger=ledger,
+                client=client,
+                throttle=throttle,
+                budget=Budget(
+                    limit=spec.limits.budget,
+                    spent_before=before_lock,
+                    balance=prepared.balance,
+                    clock=anyio.current_time,
+                ),
+                spent=before_lock,
+                hook=hook,
+            )
         await ledger.begin_run(argv=list(options.argv) or sys.argv, spec_digest=sync_digest(spec))
         await startup(ledger, spec, resubmit_unknown=options.resubmit_unknown, hook=hook)
         downloader = await stack.enter_async_context(
@@ -174,16 +206,21 @@ async def arun(
             already_done=counts["done"],
             to_do=sum(counts.values()) - counts["done"] - counts["failed"] - counts["unknown"],
         )
+        measured = _float(await ledger.get_meta(MEASURED_META))
         budget = Budget(
             limit=spec.limits.budget,
             spent_before=totals["spent"],
-            measured_before=_float(await ledger.get_meta(MEASURED_META)),
+            # What the service measured before this run (its counter, read before any chat
+            # call of the lock, is the baseline): the lock's cost is measured in this run.
+            measured_before=before_lock if measured is None else measured,
             balance=prepared.balance,
             meter=prepared.meter,
             clock=anyio.current_time,
         )
         if prepared.usage is not None:
-            budget.start(prepared.usage, totals["spent"])
+            # The counter was read before any chat call of the lock: the estimate to
+            # measure against starts there too.
+            budget.start(prepared.usage, before_lock)
         pipeline = Pipeline(
             ledger=ledger,
             client=client,
@@ -195,8 +232,9 @@ async def arun(
             snapshot=snap,
             spent_before=totals["spent"],
             budget=budget,
+            throttle=throttle,
         )
-        await remembered_limit(ledger, pipeline, client.base_url, hook)
+        pipeline.state.limit_saved = limit_saved
         if handle is not None:
             handle.pipeline = pipeline
             if handle.requests:

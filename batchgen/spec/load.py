@@ -110,6 +110,19 @@ class Spec:
         """Generated axes whose lock was made with another model, instruction or count."""
         return tuple(g for g in self.generated if g.state == STALE)
 
+    def relocked(self) -> Spec:
+        """The same spec with its generated axes read again from its lockfile (once a
+        lock was written); everything else (output, prices, limits) is kept."""
+        fresh = load_spec(self.path, max_tasks=self.limits.max_tasks, lock_file=self.lock_path)
+        return dataclasses.replace(
+            self,
+            matrix=fresh.matrix,
+            counts=fresh.counts,
+            digest=fresh.digest,
+            generated=fresh.generated,
+            warnings=fresh.warnings,
+        )
+
     def require_locked(self, *, stale_ok: bool = False) -> None:
         """Raise SpecError, at each axis, unless every generated axis has its values (and,
         unless ``stale_ok``, a fresh lock): placeholders must never reach a request."""
@@ -135,13 +148,15 @@ def load_spec(
     base_url: str | None = None,
     max_tasks: int | None = None,
     simulated: bool = False,
+    lock_file: Path | None = None,
 ) -> Spec:
     """Load, check and resolve the job spec at ``path``.
 
     ``base_url`` (the ``--base-url`` option) wins over ``COBABA_BASE_URL``, which wins
     over the spec's ``api.base_url``. ``max_tasks`` (``--max-tasks``) replaces
     ``limits.max_tasks``. Generated axes take their values from ``<stem>.lock.yaml``
-    beside the spec, or with ``simulated`` (``--sim``) from ``<stem>.sim.lock.yaml``.
+    beside the spec, or with ``simulated`` (``--sim``) from ``<stem>.sim.lock.yaml``
+    (``lock_file`` names another).
 
     Raises :class:`SpecError` with every problem found (warnings included in
     ``issues``), and :class:`~batchgen.errors.ConfigError` if ``base_url`` or
@@ -175,7 +190,8 @@ def load_spec(
         raise SpecError(_sorted([*secret_issues, *structural], display)) from None
     if secret_issues:
         raise SpecError(_sorted(secret_issues, display))
-    return _resolve(doc, model, absolute, override, max_tasks, simulated)
+    locks = lock_file or lock_path(absolute, simulated=simulated)
+    return _resolve(doc, model, absolute, override, max_tasks, locks)
 
 
 def _sorted(issues: list[SpecIssue], spec_file: str) -> list[SpecIssue]:
@@ -232,13 +248,12 @@ def _resolve(
     absolute: Path,
     override: str | None,
     max_tasks: int | None,
-    simulated: bool,
+    locks: Path,
 ) -> Spec:
     limits = model.limits
     if max_tasks is not None:
         limits = limits.model_copy(update={"max_tasks": max_tasks})
     ctx = Context(doc, absolute.parent, max_rows=limits.max_tasks)
-    locks = lock_path(absolute, simulated=simulated)
     if any(
         isinstance(axis, GeneratedAxisModel) for axis in (model.matrix.model_extra or {}).values()
     ):
