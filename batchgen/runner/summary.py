@@ -100,6 +100,8 @@ async def _metadata_rows(ledger: Ledger) -> AsyncIterator[dict[str, Any]]:
                 "sha256": entry.get("sha256"),
                 "width": entry.get("width"),
                 "height": entry.get("height"),
+                # With embed: parameters the file is not the service's bytes.
+                **({"served_sha256": entry["served_sha256"]} if "served_sha256" in entry else {}),
             }
 
 
