@@ -62,7 +62,7 @@ def test_parameters_text_follows_the_convention() -> None:
     text = parameters_text(INFO)
     prompt, line = text.rsplit("\n", 1)
     assert prompt == INFO.prompt
-    assert line.startswith("Model: nano-banana-pro, Size: 1536x1024, Aspect ratio: \"3:2\"")
+    assert line.startswith('Model: nano-banana-pro, Size: 1536x1024, Aspect ratio: "3:2"')
     assert 'Var light: "soft, warm"' in line
     assert "Var subject: a brass teapot" in line
     assert "Var model" not in line
@@ -74,8 +74,8 @@ def test_png_gets_both_text_chunks_and_keeps_its_pixels() -> None:
     served = encode("PNG")
     embedded = embed_bytes(served, INFO)
     with Image.open(io.BytesIO(embedded)) as img:
-        assert img.text["parameters"] == parameters_text(INFO)
-        assert json.loads(img.text["batchgen"]) == json.loads(provenance_json(INFO))
+        assert img.info["parameters"] == parameters_text(INFO)
+        assert json.loads(img.info["batchgen"]) == json.loads(provenance_json(INFO))
     assert pixels(embedded) == pixels(served)
     assert embedded.count(b"parameters\x00") == 1
 
@@ -90,7 +90,7 @@ def test_png_embedding_twice_replaces_the_chunks() -> None:
     assert twice.count(b"batchgen\x00") == 1
     assert b"iTXtparameters" in twice
     with Image.open(io.BytesIO(twice)) as img:
-        assert img.text["parameters"].startswith("一只猫, watercolour ✓\n")
+        assert img.info["parameters"].startswith("一只猫, watercolour ✓\n")
 
 
 def test_jpeg_gets_exif_user_comment_and_xmp() -> None:
@@ -165,8 +165,8 @@ async def test_embedded_run_writes_readable_chunks_resumes_and_verifies(tmp_path
             assert entry["served_sha256"] in served
             assert entry["served_sha256"] != entry["sha256"]
             with Image.open(out / str(entry["path"])) as img:
-                assert img.text["parameters"].startswith(row.prompt + "\n")
-                assert json.loads(img.text["batchgen"])["key"] == row.key
+                assert img.info["parameters"].startswith(row.prompt + "\n")
+                assert json.loads(img.info["batchgen"])["key"] == row.key
         manifest = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
         assert {m["served_sha256"] for m in manifest} <= served
         # Damage one file: the next run sees the size is wrong, fetches and embeds again.
@@ -178,7 +178,7 @@ async def test_embedded_run_writes_readable_chunks_resumes_and_verifies(tmp_path
     fixed = next(r for r in await ledger_rows(spec) if r.key == rows[0].key)
     assert hashlib.sha256(damaged.read_bytes()).hexdigest() == fixed.sha256
     with Image.open(damaged) as img:
-        assert "parameters" in img.text
+        assert "parameters" in img.info
 
 
 @pytest.mark.anyio

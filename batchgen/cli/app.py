@@ -224,9 +224,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--code", metavar="CODE", help="only tasks that failed with this error code")
     _sim_flag(p)
 
-    p = add("export", cmd_export, "export every task with its result as JSON lines or CSV")
+    p = add(
+        "export",
+        cmd_export,
+        "export every task with its result as JSON lines or CSV, or write the output"
+        " folder's Hugging Face dataset card (--format hf)",
+    )
     _spec_arg(p)
-    p.add_argument("--format", choices=("jsonl", "csv"), default="jsonl", help="output format")
+    p.add_argument(
+        "--format",
+        choices=("jsonl", "csv", "hf"),
+        default="jsonl",
+        help="output format; hf: metadata.jsonl and a README.md dataset card in the output folder",
+    )
     p.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
     _sim_flag(p)
 

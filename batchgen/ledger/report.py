@@ -1,16 +1,26 @@
-"""Reading and amending a job's ledger outside a run: status, retry, export."""
+"""Reading and amending a job's ledger outside a run: status, retry, export, the card.
+
+The manifest's rows (:func:`metadata_rows`) are made here too: ``metadata.jsonl`` is
+an export of the ledger, rewritten by every run and by ``export --format hf``.
+"""
 
 from __future__ import annotations
 
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from batchgen.errors import REFETCHABLE_CODES, UsageError
 from batchgen.ledger.paths import ledger_path
 from batchgen.ledger.schema import MEASURED_META, TaskState
 from batchgen.ledger.store import Ledger
+from batchgen.output.card import CardFacts, write_card
+from batchgen.output.tree import write_metadata
 from batchgen.spec.load import Spec
 
-__all__ = ["export_rows", "job_status", "retry_tasks"]
+__all__ = ["export_card", "export_rows", "job_status", "metadata_rows", "retry_tasks"]
 
 
 async def job_status(spec: Spec) -> dict[str, Any]:
@@ -138,3 +148,77 @@ async def export_rows(spec: Spec) -> list[dict[str, Any]]:
                 }
             )
     return rows
+
+
+async def metadata_rows(ledger: Ledger) -> AsyncIterator[dict[str, Any]]:
+    """The lines of ``metadata.jsonl``: one per image of every done task, in plan order."""
+    async for row in ledger.iter_rows([TaskState.DONE], in_run=False):
+        vars_ = dict(row.vars)
+        for entry in row.files:
+            yield {
+                "file_name": entry.get("path"),
+                "prompt": row.prompt,
+                "model": row.model,
+                "aspect_ratio": vars_.get("aspect_ratio"),
+                "image_size": vars_.get("image_size"),
+                "vars": vars_,
+                "key": row.key,
+                "sha256": entry.get("sha256"),
+                "width": entry.get("width"),
+                "height": entry.get("height"),
+                # With embed: parameters the file is not the service's bytes.
+                **({"served_sha256": entry["served_sha256"]} if "served_sha256" in entry else {}),
+            }
+
+
+async def export_card(spec: Spec) -> Path:
+    """Rewrite ``metadata.jsonl`` from the ledger and write the ``README.md`` dataset card
+    beside it (Hugging Face format); return the card's path."""
+    root = Path(spec.output_dir)
+    models: Counter[str] = Counter()
+    variables: dict[str, None] = {}
+    folders: set[str] = set()
+    finished: list[float] = []
+    served = False
+    images = 0
+    async with Ledger.open(ledger_path(spec), create=False) as ledger:
+        await write_metadata(root, metadata_rows(ledger))
+        counts = await ledger.counts()
+        async for row in ledger.iter_rows([TaskState.DONE]):
+            for entry in row.files:
+                images += 1
+                models[row.model] += 1
+                variables.update(dict.fromkeys(row.vars))
+                path = str(entry.get("path", ""))
+                folders.add(path.split("/", 1)[0] if "/" in path else "")
+                served |= "served_sha256" in entry
+            if row.finished_at:
+                finished.append(row.finished_at)
+    day = "%Y-%m-%d"
+    facts = CardFacts(
+        name=spec.name,
+        description=spec.description,
+        spec_file=spec.path.name,
+        spec_digest=spec.digest,
+        images=images,
+        tasks=sum(counts.values()),
+        counts=counts,
+        models=dict(models),
+        variables=list(variables),
+        folders=sorted(folders),
+        first_made=time.strftime(day, time.gmtime(min(finished))) if finished else "",
+        last_made=time.strftime(day, time.gmtime(max(finished))) if finished else "",
+        served_sha256=served,
+        embed=spec.embed,
+        generated=[
+            {
+                "name": g.name,
+                "model": g.model,
+                "count": g.count,
+                "instruction": g.instruction,
+                "generated_at": g.locked.generated_at if g.locked else "",
+            }
+            for g in spec.generated
+        ],
+    )
+    return write_card(root, facts)

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from batchgen.errors import LedgerError
-from batchgen.ledger.schema import MEASURED_META, TaskState
+from batchgen.ledger.report import metadata_rows
+from batchgen.ledger.schema import MEASURED_META
 from batchgen.ledger.store import Ledger
 from batchgen.output.tree import METADATA_NAME, SUMMARY_NAME, write_atomic, write_metadata
 from batchgen.runner.pipeline import Pipeline
@@ -81,28 +81,8 @@ async def write_metadata_if_changed(ledger: Ledger, spec: Spec, output: Path) ->
     marker = f"{await ledger.last_event_id()}:{spec.digest}"
     if await ledger.get_meta(_METADATA_MARKER) == marker and (output / METADATA_NAME).is_file():
         return
-    await write_metadata(output, _metadata_rows(ledger))
+    await write_metadata(output, metadata_rows(ledger))
     await ledger.set_meta(_METADATA_MARKER, marker)
-
-
-async def _metadata_rows(ledger: Ledger) -> AsyncIterator[dict[str, Any]]:
-    async for row in ledger.iter_rows([TaskState.DONE], in_run=False):
-        vars_ = dict(row.vars)
-        for entry in row.files:
-            yield {
-                "file_name": entry.get("path"),
-                "prompt": row.prompt,
-                "model": row.model,
-                "aspect_ratio": vars_.get("aspect_ratio"),
-                "image_size": vars_.get("image_size"),
-                "vars": vars_,
-                "key": row.key,
-                "sha256": entry.get("sha256"),
-                "width": entry.get("width"),
-                "height": entry.get("height"),
-                # With embed: parameters the file is not the service's bytes.
-                **({"served_sha256": entry["served_sha256"]} if "served_sha256" in entry else {}),
-            }
 
 
 async def summarize(
