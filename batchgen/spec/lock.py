@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from batchgen.errors import SpecError, SpecIssue
+from batchgen.output.tree import write_atomic
 from batchgen.spec.sources import Where
 from batchgen.spec.yamlsrc import YamlDocument, load_yaml_file
 
@@ -316,16 +316,7 @@ def dump_lock(spec_name: str, axes: Iterable[LockedAxis]) -> str:
 
 def write_lock(path: Path, spec_name: str, axes: Iterable[LockedAxis]) -> None:
     """Write the lockfile atomically (a temporary file, fsynced, then renamed)."""
-    text = dump_lock(spec_name, axes)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with tmp.open("w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(path, dump_lock(spec_name, axes))
 
 
 # --- resolving an axis -------------------------------------------------------------------
