@@ -51,7 +51,10 @@ def ensure_venv() -> None:
     subprocess.run([*pip, "--upgrade", "pip"], check=True, cwd=ROOT)
     # The build backend notes that editable installs can be shadowed by folders: noise.
     quiet = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    subprocess.run([*pip, "-c", "constraints.txt", "-e", ".[dev]"], check=True, cwd=ROOT, env=quiet)
+    # dataset: `datasets`, so that the test loading an output folder with it runs.
+    subprocess.run(
+        [*pip, "-c", "constraints.txt", "-e", ".[dev,dataset]"], check=True, cwd=ROOT, env=quiet
+    )
     STAMP.write_text(wanted)
 
 

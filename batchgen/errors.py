@@ -16,6 +16,7 @@ an exception passes through :func:`redact`.
     │   └── PreflightError         the service says the job cannot run as planned (exit 1)
     ├── LedgerError                the ledger cannot be opened or is foreign   (exit 3)
     │   └── LeaseHeldError         another run holds the job's ledger          (exit 4)
+    ├── GenerationError            a generated axis did not get its values     (exit 1)
     ├── APIError                   the service answered with an error          (accepted: no)
     │   ├── AuthenticationError    401, any code: invalid, expired or used-up key (exit 3)
     │   ├── PermissionDeniedError  403 for one model (token_model_forbidden, or no code)
@@ -47,6 +48,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import ClassVar
 
+from batchgen.limits import StatedLimit
 from batchgen.redaction import redact, register_secret
 
 __all__ = [
@@ -62,6 +64,7 @@ __all__ = [
     "ConnectionLostError",
     "DownloadError",
     "DownloadTooLargeError",
+    "GenerationError",
     "LeaseHeldError",
     "LedgerError",
     "ModelUnavailableError",
@@ -205,6 +208,18 @@ class LeaseHeldError(LedgerError):
         super().__init__(message)
 
 
+class GenerationError(BatchgenError):
+    """A generated axis did not get its values: too few distinct ones after the bounded
+    requests, the budget, or a pause longer than allowed. ``axis`` names it; answers
+    already paid for stay in the ledger and are reused by the next lock."""
+
+    default_code = "generation_failed"
+
+    def __init__(self, message: str, *, axis: str = "", **kw: object) -> None:
+        self.axis = axis
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+
+
 # --- errors answered by the service ---------------------------------------------------
 
 
@@ -283,24 +298,6 @@ class TaskNotFoundError(APIError):
     """The service does not know the task id (404 ``task_not_found`` or code -22)."""
 
     default_code = "task_not_found"
-
-
-@dataclass(frozen=True, slots=True)
-class StatedLimit:
-    """A rate limit as the service states it in a 429: ``count`` requests per ``window``.
-
-    ``window`` is in seconds. ``scope`` is ``success`` (the gateway's sliding log of
-    successful requests) or ``total`` (its token bucket over every attempt, failures
-    included).
-    """
-
-    count: int
-    window: float
-    scope: str = "success"
-
-    def __str__(self) -> str:
-        what = "requests" if self.scope == "success" else "attempts"
-        return f"{self.count} {what} per {self.window:g}s"
 
 
 class RateLimitError(APIError):

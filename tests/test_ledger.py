@@ -82,13 +82,18 @@ async def test_migrations_are_recorded_once_and_reopening_is_idempotent(db: Path
         await ledger.sync([new_task(0)])
     first = query(db, "SELECT name, applied_at FROM migrations")
     assert [name for name, _ in first] == [name for name, _ in MIGRATIONS]
-    assert [name for name, _ in first][:2] == ["0001_initial", "0002_meta"]
+    assert [name for name, _ in first] == [
+        "0001_initial",
+        "0002_meta",
+        "0003_lease",
+        "0004_chat",
+    ]
     for _ in range(2):
         async with Ledger.open(db, create=False) as ledger:
             assert await ledger.get("k0000") is not None
     assert query(db, "SELECT name, applied_at FROM migrations") == first
     tables = {r[0] for r in query(db, "SELECT name FROM sqlite_master WHERE type = 'table'")}
-    assert {"tasks", "events", "runs", "migrations", "meta"} <= tables
+    assert {"tasks", "events", "runs", "migrations", "meta", "chats"} <= tables
 
 
 async def test_ledger_uses_wal_and_full_sync(db: Path) -> None:
@@ -742,6 +747,7 @@ async def test_totals_sum_money_and_regenerations(db: Path) -> None:
         )
         assert await ledger.totals() == {
             "spent": 0.5,
+            "chat_spent": 0.0,
             "planned": 1.0,
             "remaining": 0.75,
             "regenerations": 2.0,
@@ -755,6 +761,7 @@ async def test_empty_ledger_reads(db: Path) -> None:
         assert await ledger.failures_by_code() == {}
         assert await ledger.totals() == {
             "spent": 0.0,
+            "chat_spent": 0.0,
             "planned": 0.0,
             "remaining": 0.0,
             "regenerations": 0.0,

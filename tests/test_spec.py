@@ -15,7 +15,11 @@ from batchgen.spec.matrix import expand
 
 ROOT = Path(__file__).resolve().parent.parent
 BAD_SPECS = Path(__file__).resolve().parent / "bad_specs"
-SHIPPED = [ROOT / "jobs" / "quickstart.yaml", *sorted((ROOT / "examples").glob("*.yaml"))]
+# Specs only: a lockfile (<stem>.lock.yaml, or the simulator's) sits beside its spec.
+SHIPPED = [
+    ROOT / "jobs" / "quickstart.yaml",
+    *sorted(p for p in (ROOT / "examples").glob("*.yaml") if not p.name.endswith(".lock.yaml")),
+]
 EXPECT = re.compile(r"#\s*expect:\s*(?:(?P<file>[^\s:]+):)?(?P<line>\d+):\s*(?P<message>.+)$")
 PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"

@@ -13,12 +13,14 @@ from dataclasses import dataclass
 
 __all__ = [
     "ASPECT_RATIOS",
+    "CHAT_PRICES",
     "DEFAULT_PRICES",
     "EXTRA_ASPECT_RATIOS_NB2",
     "GPT_IMAGE_SIZES",
     "IMAGE_SIZES",
     "PRICES_DATED",
     "ModelFamily",
+    "chat_cost",
     "family_of",
     "image_dimensions",
     "known_models",
@@ -65,6 +67,23 @@ DEFAULT_PRICES: dict[str, float] = {
     "nano-banana-2-cl": 0.66,
     "nano-banana-2-4k-cl": 1.43,
 }
+
+#: Chat models' prices per million tokens (input, output), CNY. CobabaAi publishes no
+#: price for its chat model, and the gateway prices chat by tokens (quota_type 0): this
+#: is the upstream list price (2 and 12 USD) at 7.3 CNY a dollar, an estimate that the
+#: service's usage counter corrects. The simulator charges exactly this.
+CHAT_PRICES: dict[str, tuple[float, float]] = {
+    "gemini-3.1-pro-preview": (14.6, 87.6),
+}
+
+
+def chat_cost(model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
+    """What a chat answer of these token counts costs (CNY), or None for a model
+    without a known price."""
+    prices = CHAT_PRICES.get(model)
+    if prices is None:
+        return None
+    return (prompt_tokens * prices[0] + completion_tokens * prices[1]) / 1_000_000
 
 
 @dataclass(frozen=True, slots=True)

@@ -362,14 +362,14 @@ class CobabaClient:
     async def chat_completions(self, body: Mapping[str, Any]) -> ChatCompletion:
         """``POST /v1/chat/completions`` without streaming."""
         route = "/chat/completions"
-        data, _ = await self._send(
+        data, request_id = await self._send(
             "POST",
             self._url(route),
             route=f"POST {route}",
             json_body={**body, "stream": False},
             read_timeout=self.timeouts.sync,
         )
-        return parse_chat_completion(data, route=f"POST {route}")
+        return parse_chat_completion(data, route=f"POST {route}", request_id=request_id)
 
     @asynccontextmanager
     async def chat_completions_stream(
@@ -377,7 +377,9 @@ class CobabaClient:
     ) -> AsyncIterator[AsyncIterator[ChatChunk]]:
         """``POST /v1/chat/completions`` with ``stream: true``: an iterator of deltas.
 
-        An ``{"error": ...}`` frame mid-stream raises the matching APIError.
+        An ``{"error": ...}`` frame mid-stream raises the matching APIError. Each chunk
+        carries the stream's request id; with ``stream_options: {include_usage: true}``
+        in ``body`` the last one carries the answer's token counts.
         """
         route = "/chat/completions"
         label = f"POST {route}"
@@ -392,7 +394,7 @@ class CobabaClient:
                 async for payload in payloads:
                     if isinstance(payload, Mapping) and isinstance(payload.get("error"), Mapping):
                         raise error_for_status(None, payload, label, request_id)
-                    yield parse_chat_chunk(payload, route=label)
+                    yield parse_chat_chunk(payload, route=label, request_id=request_id)
 
             yield chunks()
 

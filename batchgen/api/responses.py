@@ -14,7 +14,7 @@ import binascii
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 from batchgen.api.messages import error_from_mapping
 from batchgen.errors import (
@@ -26,6 +26,7 @@ from batchgen.errors import (
 __all__ = [
     "ChatChunk",
     "ChatCompletion",
+    "ChatUsage",
     "Credits",
     "FailureReason",
     "ImagesResult",
@@ -204,6 +205,15 @@ class ModelStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class ChatUsage:
+    """The tokens a chat answer says it used (OpenAI's ``usage``)."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
 class ChatCompletion:
     """A chat completion: the assistant's text plus the raw body."""
 
@@ -212,15 +222,20 @@ class ChatCompletion:
     content: str
     finish_reason: str | None
     raw: Mapping[str, Any] = field(repr=False)
+    usage: ChatUsage | None = None
+    request_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class ChatChunk:
-    """One streamed chat delta."""
+    """One streamed chat delta. ``usage`` is on the last chunk, when the stream was asked
+    to include it (``stream_options.include_usage``); ``request_id`` is the stream's."""
 
     delta: str
     finish_reason: str | None
     raw: Mapping[str, Any] = field(repr=False)
+    usage: ChatUsage | None = None
+    request_id: str | None = None
 
 
 # --- parsers ----------------------------------------------------------------------------
@@ -412,7 +427,25 @@ def parse_model_status(body: object, *, model: str, route: str) -> ModelStatus:
     return ModelStatus(model=model, available=status, error=_text(data.get("error")))
 
 
-def parse_chat_completion(body: object, *, route: str) -> ChatCompletion:
+def _usage(obj: Mapping[str, Any]) -> ChatUsage | None:
+    usage = obj.get("usage")
+    if not isinstance(usage, Mapping):
+        return None
+    prompt, completion, total = (
+        usage.get(k) for k in ("prompt_tokens", "completion_tokens", "total_tokens")
+    )
+    if not (_count(prompt) and _count(completion)):
+        return None
+    return ChatUsage(prompt, completion, total if _count(total) else prompt + completion)
+
+
+def _count(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def parse_chat_completion(
+    body: object, *, route: str, request_id: str | None = None
+) -> ChatCompletion:
     """Read an OpenAI chat completion."""
     obj = unwrap(body, route=route)
     choices = obj.get("choices")
@@ -427,10 +460,12 @@ def parse_chat_completion(body: object, *, route: str) -> ChatCompletion:
         content=content,
         finish_reason=finish if isinstance(finish, str) else None,
         raw=obj,
+        usage=_usage(obj),
+        request_id=request_id,
     )
 
 
-def parse_chat_chunk(body: object, *, route: str) -> ChatChunk:
+def parse_chat_chunk(body: object, *, route: str, request_id: str | None = None) -> ChatChunk:
     """Read one ``chat.completion.chunk``; an ``{"error": ...}`` frame raises."""
     obj = unwrap(body, route=route)
     choices = obj.get("choices")
@@ -442,4 +477,6 @@ def parse_chat_chunk(body: object, *, route: str) -> ChatChunk:
             delta = _text(d.get("content"))
         f = choices[0].get("finish_reason")
         finish = f if isinstance(f, str) else None
-    return ChatChunk(delta=delta, finish_reason=finish, raw=obj)
+    return ChatChunk(
+        delta=delta, finish_reason=finish, raw=obj, usage=_usage(obj), request_id=request_id
+    )

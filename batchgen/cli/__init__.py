@@ -12,7 +12,7 @@ and only :mod:`.hooks` knows about tqdm.
 - :mod:`.hooks`: the progress hooks of ``run`` (tqdm bars, status lines, JSON, quiet);
 - :mod:`.args`: what every command does with its arguments first (load SPEC);
 - the commands by theme: :mod:`.spec_commands` (``validate``, ``plan``, ``schema``),
-  :mod:`.run_commands` (``run``, ``sim``), :mod:`.ledger_commands` (``status``,
+  :mod:`.run_commands` (``run``, ``lock``, ``sim``), :mod:`.ledger_commands` (``status``,
   ``retry``, ``export``). ``gallery`` is :mod:`batchgen.gallery.build`'s own.
 """
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from batchgen import __version__
 from batchgen.cli.check_commands import cmd_check
 from batchgen.cli.ledger_commands import cmd_export, cmd_merge, cmd_retry, cmd_status
-from batchgen.cli.run_commands import cmd_run, cmd_sim
+from batchgen.cli.run_commands import cmd_lock, cmd_run, cmd_sim
 from batchgen.cli.spec_commands import cmd_plan, cmd_schema, cmd_validate
 from batchgen.errors import BatchgenError, SpecError, leaf_error, redact
 
@@ -190,6 +190,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _sim_profile(p)
 
+    p = add(
+        "lock",
+        cmd_lock,
+        "ask the chat model for the spec's generated axes and write <spec>.lock.yaml",
+    )
+    _spec_arg(p)
+    p.add_argument(
+        "--refresh",
+        action="append",
+        metavar="AXIS",
+        help="ask again for this generated axis, even if locked (repeatable; its tasks get"
+        " new keys)",
+    )
+    p.add_argument(
+        "--base-url", metavar="URL", help="service URL (overrides COBABA_BASE_URL and the spec)"
+    )
+    p.add_argument(
+        "--sim",
+        action="store_true",
+        help="ask the built-in simulator's chat model (no key needed); writes"
+        " <spec>.sim.lock.yaml, which only --sim commands read",
+    )
+    _sim_profile(p)
+
     p = add("validate", cmd_validate, "check a job spec; print a one-line summary or every error")
     _spec_arg(p)
     p = add("plan", cmd_plan, "show what a job will run: counts per axis value, cost, duration")
@@ -238,9 +262,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     _sim_flag(p)
 
-    p = add("export", cmd_export, "export every task with its result as JSON lines or CSV")
+    p = add(
+        "export",
+        cmd_export,
+        "export every task with its result as JSON lines or CSV, or write the output"
+        " folder's Hugging Face dataset card (--format hf)",
+    )
     _spec_arg(p)
-    p.add_argument("--format", choices=("jsonl", "csv"), default="jsonl", help="output format")
+    p.add_argument(
+        "--format",
+        choices=("jsonl", "csv", "hf"),
+        default="jsonl",
+        help="output format; hf: metadata.jsonl and a README.md dataset card in the output folder",
+    )
     p.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
     _sim_flag(p)
 

@@ -15,17 +15,22 @@ from typing import Any
 __all__ = ["load_spec_arg", "quote_path"]
 
 
-def load_spec_arg(args: argparse.Namespace) -> Any:
-    """The spec ``args.spec`` names, with the command's overrides; its warnings printed."""
+def load_spec_arg(args: argparse.Namespace, *, lock_warnings: bool = True) -> Any:
+    """The spec ``args.spec`` names, with the command's overrides; its warnings printed
+    (but for those about generated axes' locks unless ``lock_warnings``: ``lock`` fixes
+    them)."""
     from batchgen.spec.load import load_spec
 
     spec = load_spec(
         args.spec,
         base_url=getattr(args, "base_url", None),
         max_tasks=getattr(args, "max_tasks", None),
+        simulated=bool(getattr(args, "sim", False)),
     )
+    axes = {(g.where.file, g.where.line) for g in spec.generated}
     for warning in spec.warnings:
-        print(str(warning), file=sys.stderr)
+        if lock_warnings or (warning.file, warning.line) not in axes:
+            print(str(warning), file=sys.stderr)
     if getattr(args, "sim", False):
         spec = spec.for_simulator()
     return spec

@@ -2,7 +2,8 @@
 ``retry``, ``export``.
 
 Each prints what :mod:`batchgen.ledger.report` returns (as text, JSON or CSV);
-``retry`` ends with the command that resubmits what it marked.
+``retry`` ends with the command that resubmits what it marked; ``export --format hf``
+writes the dataset card into the output folder and prints where.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import TextIO
 import anyio
 
 from batchgen.cli.args import load_spec_arg, quote_path
+from batchgen.errors import UsageError
 
 __all__ = ["cmd_export", "cmd_retry", "cmd_status"]
 
@@ -71,10 +73,16 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """Write every task with its result as JSON lines or CSV."""
-    from batchgen.ledger.report import export_rows
+    """Write every task with its result as JSON lines or CSV, or the dataset card."""
+    from batchgen.ledger.report import export_card, export_rows
 
     spec = load_spec_arg(args)
+    if args.format == "hf":
+        if args.output:
+            raise UsageError("--format hf writes README.md into the output folder: drop -o")
+        card = anyio.run(export_card, spec, backend="asyncio")
+        print(f"{quote_path(str(card))}: the dataset card, beside metadata.jsonl")
+        return 0
     out: TextIO = (
         open(args.output, "w", encoding="utf-8", newline="")  # noqa: SIM115 - closed below
         if args.output

@@ -1,8 +1,10 @@
-"""The commands that run something: ``run`` (a job) and ``sim`` (the simulator).
+"""The commands that run something: ``run`` (a job), ``lock`` (its generated axes) and
+``sim`` (the simulator).
 
 ``run`` wires the runner to a progress hook of :mod:`batchgen.cli.hooks` and to
 Ctrl-C / SIGTERM (the first stops new submissions, the second quits), then prints the
-run's summary with what to do next.
+run's summary with what to do next. ``lock`` asks the chat model for the values of the
+spec's generated axes and prints one line per axis it locked.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import anyio
 from batchgen.cli.args import load_spec_arg, quote_path
 from batchgen.cli.hooks import pick_hook
 
-__all__ = ["cmd_run", "cmd_sim"]
+__all__ = ["cmd_lock", "cmd_run", "cmd_sim"]
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -154,6 +156,46 @@ def _format_summary(summary: Any, spec: Any) -> str:
             "  `batchgen retry SPEC --failed` then `batchgen run SPEC` tries the failed again"
         )
     return "\n".join(lines)
+
+
+def cmd_lock(args: argparse.Namespace) -> int:
+    """Lock the spec's generated axes; print what was asked for, and where it went."""
+    from batchgen.cli.hooks import LineHook
+    from batchgen.runner.locking import describe_locked
+
+    spec = load_spec_arg(args, lock_warnings=False)
+    hook = LineHook(stream=sys.stderr)  # lock sends no progress: only its messages
+    report = anyio.run(_lock_async, spec, args, hook, backend="asyncio")
+    if not report.axes:
+        print(
+            f"{spec.display_path}: nothing to lock: every generated axis is locked"
+            " (`--refresh AXIS` asks again)"
+            if spec.generated
+            else f"{spec.display_path}: the spec has no generated axis"
+        )
+        return 0
+    for axis in report.axes:
+        print(describe_locked(axis))
+    print(
+        f"  locked in {quote_path(str(report.lock_path))} ({report.requests} chat request(s)"
+        " this time); commit it with the spec"
+    )
+    if args.refresh:
+        print("  the refreshed axes have new values: their tasks get new keys")
+    return 0
+
+
+async def _lock_async(spec: Any, args: argparse.Namespace, hook: Any) -> Any:
+    from batchgen.runner.job import sim_session
+    from batchgen.runner.locking import lock_job
+
+    refresh = tuple(args.refresh or ())
+    if args.sim:
+        async with sim_session(profile=args.sim_profile, seed=0) as (base_url, auth):
+            return await lock_job(
+                spec, refresh=refresh, base_url=base_url, auth=auth, hook=hook, seed=0
+            )
+    return await lock_job(spec, refresh=refresh, base_url=args.base_url, hook=hook)
 
 
 def cmd_sim(args: argparse.Namespace) -> int:

@@ -428,7 +428,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     Library errors (SpecError, UsageError, ConfigError, LedgerError) propagate for the
     CLI's ``main`` to report with its exit codes.
     """
-    spec = load_spec(args.spec)
+    spec = load_spec(args.spec, simulated=bool(args.sim))
     for warning in spec.warnings:
         print(str(warning), file=sys.stderr)
     if args.sim:

@@ -142,15 +142,18 @@ def job_ledgers(spec: Spec) -> list[tuple[Shard | None, Path]]:
     return found
 
 
-def check_layout(spec: Spec, shard: Shard | None) -> None:
+def check_layout(spec: Spec, shard: Shard | None, *, root_has_tasks: bool = True) -> None:
     """Refuse a run whose sharding disagrees with the ledgers the job has already.
 
     Raises UsageError naming the way out: the shard count is fixed once any shard has
     started, and an unsharded job cannot be split (nor a split one joined) mid-way.
+    ``root_has_tasks=False`` says the job's unsharded ledger holds only what
+    ``batchgen lock`` wrote (its chat calls): no task was submitted from it, so shards
+    may start beside it.
     """
     existing = job_ledgers(spec)
     counts = sorted({s.count for s, _ in existing if s is not None})
-    has_root = any(s is None for s, _ in existing)
+    has_root = root_has_tasks and any(s is None for s, _ in existing)
     if shard is None and counts:
         raise UsageError(
             f"this job runs as {counts[0]} shards ({SHARDS_DIR}/*-of-{counts[0]} in"

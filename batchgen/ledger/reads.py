@@ -120,16 +120,19 @@ class ReadMixin(LedgerBase):
         return out
 
     async def totals(self) -> dict[str, float]:
-        """Money: ``spent`` (charged, not refunded), ``planned`` (price of every task)."""
+        """Money: ``spent`` (charged, not refunded, chat calls included), ``chat_spent``
+        (the chat calls of generated axes), ``planned`` (price of every task)."""
         async with self._conn.execute(
             "SELECT COALESCE(SUM(charged), 0), COALESCE(SUM(price), 0),"
             " COALESCE(SUM(CASE WHEN state NOT IN ('done') THEN price ELSE 0 END), 0),"
-            " COALESCE(SUM(regenerations), 0) FROM tasks"
+            " COALESCE(SUM(regenerations), 0),"
+            " (SELECT COALESCE(SUM(cost), 0) FROM chats) FROM tasks"
         ) as cur:
             row = await cur.fetchone()
         assert row is not None
         return {
-            "spent": round(float(row[0]), 6),
+            "spent": round(float(row[0]) + float(row[4]), 6),
+            "chat_spent": round(float(row[4]), 6),
             "planned": round(float(row[1]), 6),
             "remaining": round(float(row[2]), 6),
             "regenerations": float(row[3]),

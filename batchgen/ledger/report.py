@@ -1,13 +1,17 @@
-"""Reading and amending a job's ledgers outside a run: status, retry, export.
+"""Reading and amending a job's ledgers outside a run: status, retry, export, the card.
 
 ``status`` and ``export`` read (never write) every ledger of the job, shards included,
 so they work while runs write them. ``retry`` changes rows, so it takes each ledger's
-lease like a run does, and is refused while a run holds it.
+lease like a run does, and is refused while a run holds it. ``export --format hf``
+rewrites ``metadata.jsonl`` from every ledger (its rows are made by
+:func:`batchgen.output.merge.manifest_rows`) and writes the dataset card beside it.
 """
 
 from __future__ import annotations
 
+import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from batchgen.errors import REFETCHABLE_CODES, LedgerError, UsageError
@@ -16,9 +20,12 @@ from batchgen.ledger.lease import hold, read_holder
 from batchgen.ledger.paths import job_ledgers, ledger_path
 from batchgen.ledger.schema import MEASURED_META, TaskState
 from batchgen.ledger.store import Ledger
+from batchgen.output.card import CardFacts, write_card
+from batchgen.output.merge import manifest_rows
+from batchgen.output.tree import write_metadata
 from batchgen.spec.load import Spec
 
-__all__ = ["export_rows", "job_status", "retry_tasks"]
+__all__ = ["export_card", "export_rows", "job_status", "retry_tasks"]
 
 
 async def job_status(spec: Spec) -> dict[str, Any]:
@@ -191,3 +198,60 @@ async def export_rows(spec: Spec) -> list[dict[str, Any]]:
                 }
             )
     return rows
+
+
+async def export_card(spec: Spec) -> Path:
+    """Rewrite ``metadata.jsonl`` from the ledger and write the ``README.md`` dataset card
+    beside it (Hugging Face format); return the card's path."""
+    root = Path(spec.output_dir)
+    models: Counter[str] = Counter()
+    variables: dict[str, None] = {}
+    folders: set[str] = set()
+    finished: list[float] = []
+    served = False
+    images = 0
+    if not job_ledgers(spec):
+        raise LedgerError(f"no ledger in {root}: nothing has run yet")
+    counts: Counter[str] = Counter()
+    async with open_job(spec) as job:
+        await write_metadata(root, manifest_rows(job))
+        for _, ledger in job.ledgers:
+            counts.update(await ledger.counts())
+        async for row in job.iter_rows([TaskState.DONE]):
+            for entry in row.files:
+                images += 1
+                models[row.model] += 1
+                variables.update(dict.fromkeys(row.vars))
+                path = str(entry.get("path", ""))
+                folders.add(path.split("/", 1)[0] if "/" in path else "")
+                served |= "served_sha256" in entry
+            if row.finished_at:
+                finished.append(row.finished_at)
+    day = "%Y-%m-%d"
+    facts = CardFacts(
+        name=spec.name,
+        description=spec.description,
+        spec_file=spec.path.name,
+        spec_digest=spec.digest,
+        images=images,
+        tasks=sum(counts.values()),
+        counts=counts,
+        models=dict(models),
+        variables=list(variables),
+        folders=sorted(folders),
+        first_made=time.strftime(day, time.gmtime(min(finished))) if finished else "",
+        last_made=time.strftime(day, time.gmtime(max(finished))) if finished else "",
+        served_sha256=served,
+        embed=spec.embed,
+        generated=[
+            {
+                "name": g.name,
+                "model": g.model,
+                "count": g.count,
+                "instruction": g.instruction,
+                "generated_at": g.locked.generated_at if g.locked else "",
+            }
+            for g in spec.generated
+        ],
+    )
+    return write_card(root, facts)

@@ -131,6 +131,35 @@ MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
         );
         """,
     ),
+    (
+        # Chat calls that write generated axes' values: each committed ``sending``
+        # before it leaves, its answer (and cost) as soon as it arrives; ``locked_at``
+        # once its values are in the lockfile (see batchgen.ledger.chats).
+        "0004_chat",
+        """
+        CREATE TABLE chats (
+            id INTEGER PRIMARY KEY,
+            run INTEGER,
+            axis TEXT NOT NULL,
+            asked TEXT NOT NULL,
+            model TEXT NOT NULL,
+            request TEXT NOT NULL,
+            state TEXT NOT NULL,
+            request_id TEXT,
+            prompt_tokens INTEGER,
+            completion_tokens INTEGER,
+            cost REAL NOT NULL DEFAULT 0,
+            cost_source TEXT,
+            answer TEXT,
+            error_code TEXT,
+            error_message TEXT,
+            created_at REAL NOT NULL,
+            answered_at REAL,
+            locked_at REAL
+        );
+        CREATE INDEX chats_axis ON chats(axis, asked, state);
+        """,
+    ),
 )
 
 # Columns a transition may set. Each is written as ``CASE WHEN ? THEN ? ELSE col END``

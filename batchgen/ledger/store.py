@@ -15,7 +15,8 @@ once in its own transaction and recorded in ``migrations``.
 This module owns :class:`Ledger`: opening the file (setup and migrations), the
 group-committing writer, and the runs and meta values. The schema and the row types
 live in :mod:`.schema`; syncing the spec and bulk changes in :mod:`.sync`; reads in
-:mod:`.reads`. :class:`Ledger` has all their methods.
+:mod:`.reads`; the chat calls of generated axes in :mod:`.chats`. :class:`Ledger` has all
+their methods.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from batchgen.errors import LedgerError, redact
+from batchgen.ledger.chats import ChatMixin
 from batchgen.ledger.reads import ReadMixin
 from batchgen.ledger.schema import APPLICATION_ID, EVENT_SQL, MIGRATIONS, UPDATE_SQL, Transition
 from batchgen.ledger.sync import SyncMixin
@@ -58,7 +60,7 @@ def _as_ledger_error(exc: BaseException) -> BaseException:
     return exc
 
 
-class Ledger(SyncMixin, ReadMixin):
+class Ledger(SyncMixin, ReadMixin, ChatMixin):
     """The job's ledger. Open with ``async with Ledger.open(path) as ledger``."""
 
     def __init__(self, conn: aiosqlite.Connection, path: Path) -> None:

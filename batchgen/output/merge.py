@@ -67,6 +67,8 @@ async def manifest_rows(job: JobLedgers) -> AsyncIterator[dict[str, Any]]:
                 "sha256": entry.get("sha256"),
                 "width": entry.get("width"),
                 "height": entry.get("height"),
+                # With embed: parameters the file is not the service's bytes.
+                **({"served_sha256": entry["served_sha256"]} if "served_sha256" in entry else {}),
             }
 
 

@@ -69,7 +69,9 @@ async def before_run(spec: Spec, client: CobabaClient, *, check: bool = True) ->
     for note in facts.notes:
         messages.append(("warning", f"preflight: {note}; going on without it"))
     if facts.models is not None:
-        missing = sorted(m for m in spec.tasks_by_model if m not in facts.models)
+        # The chat models of axes about to be generated are paid for too.
+        wanted = {*spec.tasks_by_model, *(g.model for g in spec.unlocked)}
+        missing = sorted(m for m in wanted if m not in facts.models)
         if missing:
             names = ", ".join(missing)
             raise PreflightError(

@@ -36,7 +36,8 @@ async def tasks_left(spec: Spec) -> tuple[dict[str, int], float]:
                 measured = await ledger.get_meta(MEASURED_META)
                 spent += max(estimated, float(measured)) if measured is not None else estimated
     left: Counter[str] = Counter(dict.fromkeys(spec.tasks_by_model, 0))
-    for task in expand(spec):
+    # Counting only: a generated axis not locked yet still has its number of values.
+    for task in expand(spec, counting=True):
         if task.key not in done:
             left[task.model] += 1
     return dict(left), spent

@@ -3,7 +3,10 @@
 A download worker saves every image of a task (fetched from its URL through the
 credential-free :class:`~batchgen.output.fetch.Downloader`, or inline bytes) to the
 task's layout path inside the output folder, then commits ``done`` with each file's
-size, sha256 and dimensions. Errors go to :func:`.policy.download_failed`.
+size, sha256 and dimensions. With ``embed: parameters`` each file is rewritten with
+its parameters inside (:mod:`batchgen.output.embed`): then ``bytes`` and ``sha256`` are
+the file's, and ``served_bytes`` and ``served_sha256`` what the service served. Errors
+go to :func:`.policy.download_failed`.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from pathlib import Path
 
 from batchgen.errors import ConfigError, DownloadError
 from batchgen.ledger.schema import TaskState, Transition
+from batchgen.output.embed import Provenance, embed_file
 from batchgen.output.fetch import SavedImage
 from batchgen.output.tree import resolve_inside
 from batchgen.runner.policy import download_failed
@@ -52,27 +56,17 @@ async def _download_one(run: RunState, task: InFlight) -> None:
             else:
                 assert image.url is not None
                 saved.append(await run.downloader.fetch(image.url, dest))
+        files = [_file_entry(run, task, s) for s in saved]
     except (DownloadError, ConfigError, OSError) as exc:
         await download_failed(run, task, exc)
         return
-    first = saved[0]
-    files = [
-        {
-            "path": str(s.path.relative_to(run.output_dir.resolve())),
-            "bytes": s.size,
-            "sha256": s.sha256,
-            "width": s.width,
-            "height": s.height,
-        }
-        for s in saved
-    ]
     await run.ledger.write(
         Transition(
             task.key,
             TaskState.DONE,
             path=files[0]["path"],
-            bytes=first.size,
-            sha256=first.sha256,
+            bytes=files[0]["bytes"],
+            sha256=files[0]["sha256"],
             files=files,
             error_code=None,
             error_message=None,
@@ -83,3 +77,30 @@ async def _download_one(run: RunState, task: InFlight) -> None:
     run.snap.downloaded += 1
     run.update()
     run.settle(task)
+
+
+def _file_entry(run: RunState, task: InFlight, saved: SavedImage) -> dict[str, object]:
+    """What the ledger keeps of one saved file (embedding the parameters if asked)."""
+    entry: dict[str, object] = {
+        "path": str(saved.path.relative_to(run.output_dir.resolve())),
+        "bytes": saved.size,
+        "sha256": saved.sha256,
+        "width": saved.width,
+        "height": saved.height,
+    }
+    if run.limits.embed == "parameters":
+        row = task.row
+        info = Provenance(
+            prompt=row.prompt,
+            model=row.model,
+            aspect_ratio=str(row.vars.get("aspect_ratio", "")),
+            image_size=str(row.vars.get("image_size", "")),
+            key=row.key,
+            vars={k: str(v) for k, v in row.vars.items()},
+            job=run.limits.job,
+            width=saved.width,
+            height=saved.height,
+        )
+        size, digest = embed_file(saved.path, info, durable=run.downloader.durable)
+        entry.update(bytes=size, sha256=digest, served_bytes=saved.size, served_sha256=saved.sha256)
+    return entry

@@ -11,6 +11,7 @@ runs the :class:`~batchgen.pipeline.Pipeline`, then rewrites ``metadata.jsonl`` 
 from __future__ import annotations
 
 import os
+import random
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -24,7 +25,7 @@ import anyio
 
 from batchgen.api.auth import BearerAuth, PlaygroundAuth, Timeouts, auth_from_env
 from batchgen.api.client import PLAYGROUND_ENDPOINTS, CobabaClient
-from batchgen.errors import ConfigError, LeaseHeldError, leaf_error
+from batchgen.errors import ConfigError, LeaseHeldError, SpecError, UsageError, leaf_error
 from batchgen.ledger.lease import Holder, hold, refuse_if_held
 from batchgen.ledger.paths import Shard, check_layout, ledger_path
 from batchgen.ledger.schema import MEASURED_META
@@ -32,11 +33,15 @@ from batchgen.ledger.store import Ledger
 from batchgen.output.fetch import Downloader, is_local_host
 from batchgen.preflight.before_run import before_run
 from batchgen.runner.budget import Budget
+from batchgen.runner.locking import lock_for_run
 from batchgen.runner.pipeline import Pipeline, PipelineLimits
 from batchgen.runner.progress import NullHook, ProgressHook, Snapshot
+from batchgen.runner.service_limit import ServiceLimit
 from batchgen.runner.startup import remembered_limit, startup, sync_digest
+from batchgen.runner.state import submit_throttle
 from batchgen.runner.summary import RunSummary, close_run
 from batchgen.spec.load import Spec, load_spec
+from batchgen.spec.lock import unlocked_issues
 from batchgen.spec.matrix import count_tasks
 from batchgen.spec.request import materialize_request
 
@@ -83,6 +88,8 @@ def _limits(spec: Spec, options: RunOptions) -> PipelineLimits:
         first_poll=options.first_poll if options.first_poll is not None else 1.0,
         reply=options.reply or spec.reply,
         currency=spec.currency,
+        embed=spec.embed,
+        job=spec.name,
     )
 
 
@@ -121,6 +128,8 @@ async def arun(
     hook = hook or NullHook()
     if not isinstance(spec, Spec):
         spec = load_spec(spec, base_url=options.base_url, max_tasks=options.max_tasks)
+    if spec.stale:  # nothing regenerates silently: `batchgen lock --refresh` does
+        raise SpecError(unlocked_issues(spec.display_path, spec.stale))
     base_url = options.base_url or spec.base_url
     auth = options.auth or auth_from_env()
     if isinstance(auth, PlaygroundAuth) and spec.endpoint not in PLAYGROUND_ENDPOINTS:
@@ -138,7 +147,20 @@ async def arun(
             code="too_many_tasks",
         )
     shard = options.shard
-    check_layout(spec, shard)
+    if shard is not None and spec.unlocked:
+        # Shards lock nothing: each would ask for its own values and run another matrix.
+        raise UsageError(
+            f"{spec.display_path}: generated axes ({', '.join(g.name for g in spec.unlocked)})"
+            f" have no lock yet, and shards cannot write one: run `batchgen lock"
+            f" {spec.display_path}` once, commit the lock file, then start the shards",
+            code="unlocked_shards",
+        )
+    root = ledger_path(spec)
+    root_has_tasks = True
+    if shard is not None and root.exists():  # a ledger `batchgen lock` alone wrote?
+        async with Ledger.open(root, read_only=True) as lock_ledger:
+            root_has_tasks = sum((await lock_ledger.counts()).values()) > 0
+    check_layout(spec, shard, root_has_tasks=root_has_tasks)
     started = time.monotonic()
     limits = _limits(spec, options)
     host = urlsplit(base_url).hostname or ""
@@ -175,6 +197,29 @@ async def arun(
                 on_lost=lambda holder: _lease_lost(lost, holder),
             )
         )
+        # One throttle for the chat calls of a lock (if the spec needs one) and the
+        # submissions after it: the gateway counts both in the same window.
+        throttle = submit_throttle(
+            limits, random.Random(limits.seed), ServiceLimit(clock=anyio.current_time)
+        )
+        assert throttle.limit is not None
+        limit_saved = await remembered_limit(ledger, throttle.limit, client.base_url, hook)
+        before_lock = (await ledger.totals())["spent"]
+        if spec.unlocked:
+            spec = await lock_for_run(
+                spec,
+                ledger=ledger,
+                client=client,
+                throttle=throttle,
+                budget=Budget(
+                    limit=spec.limits.budget,
+                    spent_before=before_lock,
+                    balance=prepared.balance,
+                    clock=anyio.current_time,
+                ),
+                spent=before_lock,
+                hook=hook,
+            )
         await ledger.begin_run(argv=list(options.argv) or sys.argv, spec_digest=sync_digest(spec))
         await startup(
             ledger, spec, resubmit_unknown=options.resubmit_unknown, hook=hook, shard=shard
@@ -194,16 +239,21 @@ async def arun(
             already_done=counts["done"],
             to_do=sum(counts.values()) - counts["done"] - counts["failed"] - counts["unknown"],
         )
+        measured = _float(await ledger.get_meta(MEASURED_META))
         budget = Budget(
             limit=_budget_share(spec, shard, hook),
             spent_before=totals["spent"],
-            measured_before=_float(await ledger.get_meta(MEASURED_META)),
+            # What the service measured before this run (its counter, read before any chat
+            # call of the lock, is the baseline): the lock's cost is measured in this run.
+            measured_before=before_lock if measured is None else measured,
             balance=prepared.balance,
             meter=prepared.meter,
             clock=anyio.current_time,
         )
         if prepared.usage is not None:
-            budget.start(prepared.usage, totals["spent"])
+            # The counter was read before any chat call of the lock: the estimate to
+            # measure against starts there too.
+            budget.start(prepared.usage, before_lock)
         pipeline = Pipeline(
             ledger=ledger,
             client=client,
@@ -215,9 +265,10 @@ async def arun(
             snapshot=snap,
             spent_before=totals["spent"],
             budget=budget,
+            throttle=throttle,
         )
         lost.append(pipeline)
-        await remembered_limit(ledger, pipeline, client.base_url, hook)
+        pipeline.state.limit_saved = limit_saved
         if handle is not None:
             handle.pipeline = pipeline
             if handle.requests:

@@ -37,6 +37,7 @@ from batchgen.runner.poll import poll_worker
 from batchgen.runner.progress import ProgressHook, Snapshot
 from batchgen.runner.state import PipelineLimits, RunState
 from batchgen.runner.submit import submit_worker
+from batchgen.runner.throttle import Throttle
 
 __all__ = ["Pipeline", "PipelineLimits"]
 
@@ -57,6 +58,7 @@ class Pipeline:
         snapshot: Snapshot | None = None,
         spent_before: float = 0.0,
         budget: Budget | None = None,
+        throttle: Throttle | None = None,
     ) -> None:
         self.state = RunState(
             ledger=ledger,
@@ -69,6 +71,7 @@ class Pipeline:
             snapshot=snapshot,
             spent_before=spent_before,
             budget=budget,
+            throttle=throttle,
         )
 
     # --- what the caller reads and controls ----------------------------------------------

@@ -22,8 +22,8 @@ from batchgen.ledger.schema import NewTask, TaskState, Transition
 from batchgen.ledger.store import Ledger
 from batchgen.output.fetch import PART_SUFFIX
 from batchgen.output.tree import layout_relpath
-from batchgen.runner.pipeline import Pipeline
 from batchgen.runner.progress import ProgressHook
+from batchgen.runner.service_limit import ServiceLimit
 from batchgen.runner.transitions import LIMIT_META
 from batchgen.spec.load import Spec
 from batchgen.spec.matrix import expand
@@ -164,20 +164,20 @@ def _clean_partials(root: Path, *, shared: bool = False) -> None:
 
 
 async def remembered_limit(
-    ledger: Ledger, pipeline: Pipeline, base_url: str, hook: ProgressHook
-) -> None:
-    """Start from the limit an earlier run learnt of this service, if any."""
+    ledger: Ledger, limit: ServiceLimit, base_url: str, hook: ProgressHook
+) -> int:
+    """Start from the limit an earlier run learnt of this service, if any; return the
+    version of ``limit`` that the ledger holds (0: none)."""
     text = await ledger.get_meta(LIMIT_META)
     if not text:
-        return
+        return 0
     try:
         meta = json.loads(text)
     except ValueError:
-        return
+        return 0
     if not isinstance(meta, dict) or meta.get("base_url") != base_url:
-        return
-    limit = pipeline.state.limit
+        return 0
     limit.remember(meta)
-    pipeline.state.limit_saved = limit.version
     if described := limit.describe():
         hook.on_message("info", f"pacing to the service's limit an earlier run learnt: {described}")
+    return limit.version

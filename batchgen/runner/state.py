@@ -37,7 +37,7 @@ from batchgen.runner.service_limit import POLL, SUBMIT, ServiceLimit
 from batchgen.runner.throttle import Throttle
 from batchgen.runner.window import Permit
 
-__all__ = ["InFlight", "PipelineLimits", "RunState", "WorkQueue"]
+__all__ = ["InFlight", "PipelineLimits", "RunState", "WorkQueue", "submit_throttle"]
 
 log = logging.getLogger("batchgen.runner")
 
@@ -62,6 +62,23 @@ class PipelineLimits:
     seed: int | None = None
     reply: str = "auto"  # the generate route: async, stream, or auto (see the spec's api.reply)
     currency: str = "CNY"  # of prices and the budget (for messages)
+    embed: str = "none"  # what saved images carry: none, or parameters (the spec's embed)
+    job: str = ""  # the job's name (written into images with embed: parameters)
+
+
+def submit_throttle(limits: PipelineLimits, rng: random.Random, limit: ServiceLimit) -> Throttle:
+    """The pacing of requests that count against the service's limit: submissions, and
+    the chat calls of generated axes before them (the gateway counts both)."""
+    return Throttle(
+        rate_per_minute=limits.requests_per_minute,
+        burst=limits.burst,
+        # An unknown rate is probed from 10/s up, not met with a burst of everything.
+        probe_from=10.0,
+        max_pause=limits.max_retry_after,
+        rng=rng,
+        limit=limit,
+        kind=SUBMIT,
+    )
 
 
 @dataclass(slots=True)
@@ -169,6 +186,7 @@ class RunState:
         snapshot: Snapshot | None = None,
         spent_before: float = 0.0,
         budget: Budget | None = None,
+        throttle: Throttle | None = None,
     ) -> None:
         self.ledger = ledger
         self.client = client
@@ -179,19 +197,14 @@ class RunState:
         self.hook: ProgressHook = hook or NullHook()
         self.snap = snapshot or Snapshot()
         self.rng = random.Random(limits.seed)
-        # What the service says of its own limit, shared by submissions and polls.
-        self.limit = ServiceLimit(clock=anyio.current_time)
+        # What the service says of its own limit, shared by submissions and polls (and by
+        # the chat calls before the run, when ``throttle`` is the one they used).
+        if throttle is not None and throttle.limit is not None:
+            self.limit, self.throttle = throttle.limit, throttle
+        else:
+            self.limit = ServiceLimit(clock=anyio.current_time)
+            self.throttle = submit_throttle(limits, self.rng, self.limit)
         self.limit_saved = 0  # the limit's version last kept in the ledger
-        self.throttle = Throttle(
-            rate_per_minute=limits.requests_per_minute,
-            burst=limits.burst,
-            # An unknown rate is probed from 10/s up, not met with a burst of everything.
-            probe_from=10.0,
-            max_pause=limits.max_retry_after,
-            rng=self.rng,
-            limit=self.limit,
-            kind=SUBMIT,
-        )
         self.poll_throttle = Throttle(
             rate_per_minute=None,
             discover=False,

@@ -153,6 +153,8 @@ class Counters:
     downloads_with_credentials: int = 0
     charged_total: float = 0.0
     refunded_total: float = 0.0
+    chat_answers: int = 0  # chat answers charged (by token), and what they cost
+    chat_charged: float = 0.0
     requests_by_route: dict[str, int] = field(default_factory=dict)
     tasks_by_status: dict[str, int] = field(
         default_factory=lambda: {RUNNING: 0, SUCCEEDED: 0, FAILED: 0}
@@ -428,7 +430,7 @@ class SimState:
         """
         self.settle()
         c = self.counters
-        charged = [a for a in self._accounts.values() if a.charges]
+        charged = [a for a in self._accounts.values() if a.charges or a.spent]
         charges = {a.label: a.charges for a in charged}
         return {
             "submissions_charged": c.submissions_charged,
@@ -448,6 +450,8 @@ class SimState:
             "downloads_oversize": c.downloads_oversize,
             "downloads_expired": c.downloads_expired,
             "downloads_with_credentials": c.downloads_with_credentials,
+            "chat_answers": c.chat_answers,
+            "chat_charged": round(c.chat_charged, 6),
             "charges_by_key": charges,
             "usage_by_key": {a.label: round(a.spent, 6) or 0.0 for a in charged},
         }

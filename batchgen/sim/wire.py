@@ -39,6 +39,7 @@ __all__ = [
     "parse_images_request",
     "parse_order",
     "quiet_deliberate_drops",
+    "reply_text",
     "retry_after",
     "spell_status",
 ]
@@ -370,16 +371,16 @@ def message_text(message: dict[str, Any]) -> str:
     return ""
 
 
-def _reply_text(model: str, last_user_text: str) -> str:
+def reply_text(model: str, last_user_text: str) -> str:
+    """The echo reply to a message that asks for no values (see :mod:`.chat`)."""
     echo = " ".join(last_user_text.split())[:200]
     return f"这是 {model} 的模拟回复。 (Simulated reply.) You said: {echo}"
 
 
-def chat_reply(chat_id: str, created: int, model: str, last_user_text: str) -> dict[str, object]:
-    """A non-streamed ``chat.completion`` object with a deterministic reply."""
-    text = _reply_text(model, last_user_text)
-    prompt_tokens = len(last_user_text.split())
-    completion_tokens = len(text.split())
+def chat_reply(
+    chat_id: str, created: int, model: str, text: str, usage: dict[str, int]
+) -> dict[str, object]:
+    """A non-streamed ``chat.completion`` object answering ``text``."""
     return {
         "id": chat_id,
         "object": "chat.completion",
@@ -392,34 +393,38 @@ def chat_reply(chat_id: str, created: int, model: str, last_user_text: str) -> d
                 "finish_reason": "stop",
             }
         ],
-        "usage": {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-        },
+        "usage": usage,
     }
 
 
 def chat_stream(
-    chat_id: str, created: int, model: str, last_user_text: str, failing: bool
+    chat_id: str,
+    created: int,
+    model: str,
+    text: str,
+    failing: bool,
+    usage: dict[str, int] | None = None,
 ) -> list[bytes]:
-    """The SSE frames of a streamed reply: chunks, a ``: PING`` comment, ``[DONE]``.
+    """The SSE frames of a streamed reply: chunks, a ``: PING`` comment, ``[DONE]``;
+    with ``usage``, a last chunk of no choices that carries it (OpenAI's include_usage).
 
     When ``failing``, the stream ends after the first content chunk with an error frame
     (and no ``[DONE]``), as the gateway does when upstream breaks mid-stream.
     """
 
-    def frame(delta: dict[str, str], finish: str | None) -> bytes:
+    def frame(delta: dict[str, str], finish: str | None, **extra: object) -> bytes:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish}
         chunk = {
             "id": chat_id,
             "object": "chat.completion.chunk",
             "created": created,
             "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            "choices": [] if extra else [choice],
+            **extra,
         }
         return b"data: " + json_bytes(chunk) + b"\n\n"
 
-    words = _reply_text(model, last_user_text).split(" ")
+    words = text.split(" ")
     frames = [frame({"role": "assistant", "content": ""}, None), b": PING\n\n"]
     for i, word in enumerate(words):
         frames.append(frame({"content": word if i == 0 else " " + word}, None))
@@ -433,6 +438,8 @@ def chat_stream(
             frames.append(b"data: " + json_bytes({"error": envelope}) + b"\n\n")
             return frames
     frames.append(frame({}, "stop"))
+    if usage is not None:
+        frames.append(frame({}, None, usage=usage))
     frames.append(b"data: [DONE]\n\n")
     return frames
 

@@ -9,6 +9,7 @@ the number of distinct values, not with the product.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
@@ -19,8 +20,9 @@ from batchgen.spec.placeholders import Template, TemplateError, parse_template
 from batchgen.spec.request import TaskDefaults, pixel_size
 from batchgen.spec.resolve import REQUEST_VARS, Context, TemplateUse, did_you_mean
 from batchgen.spec.sources import Where
+from batchgen.spec.yamlsrc import NodePath
 
-__all__ = ["LAYOUT_FIELDS", "Estimate", "check_combinations"]
+__all__ = ["LAYOUT_FIELDS", "Estimate", "check_combinations", "check_params"]
 
 #: Layout fields every task has, besides its variables.
 LAYOUT_FIELDS = frozenset(
@@ -256,3 +258,44 @@ def _parsed(text: str) -> Template | None:
         return parse_template(text)
     except TemplateError:
         return None  # already reported where it was written
+
+
+def check_params(ctx: Context, params: Mapping[str, object], path: NodePath) -> None:
+    """Refuse request fields that batchgen sets itself and non-finite numbers; parse templates."""
+    managed = {
+        "model": "model",
+        "prompt": "prompt",
+        "images": "images",
+        "urls": "images",
+        "aspectRatio": "aspect_ratio",
+        "imageSize": "image_size",
+        "size": "aspect_ratio",
+        "replyType": None,
+        "webHook": None,
+        "shutProgress": None,
+        "n": None,
+        "response_format": None,
+    }
+    for name, value in params.items():
+        if name in managed:
+            own = managed[name]
+            hint = f" from `{own}` (top level, axis, row or include)" if own else ""
+            ctx.error(
+                (*path, name), f"params may not set {name!r}: batchgen sets it{hint}", at_key=True
+            )
+            continue
+        if not _finite(value):
+            ctx.error((*path, name), f"params {name!r} contains a non-finite number")
+            continue
+        if isinstance(value, str):
+            ctx.template(value, ctx.where((*path, name)), f"params {name!r}")
+
+
+def _finite(value: object) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, list):
+        return all(_finite(v) for v in value)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    return True

@@ -27,9 +27,18 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from batchgen.api.catalog import DEFAULT_PRICES
-from batchgen.errors import ConfigError, SpecError, SpecIssue, register_secret
-from batchgen.spec.checks import check_combinations
+from batchgen.errors import ConfigError, SpecError, SpecIssue
+from batchgen.spec.checks import check_combinations, check_params
 from batchgen.spec.combos import Counts, MatrixDef, count_combinations
+from batchgen.spec.lock import (
+    MISSING,
+    STALE,
+    GeneratedAxis,
+    GeneratedAxisModel,
+    lock_path,
+    read_lock,
+    unlocked_issues,
+)
 from batchgen.spec.model import Limits, SpecModel, structure_issues
 from batchgen.spec.placeholders import Template, TemplateError, parse_template
 from batchgen.spec.request import TaskDefaults
@@ -37,21 +46,16 @@ from batchgen.spec.resolve import (
     REQUEST_VARS,
     Context,
     TemplateUse,
-    check_params,
     resolve_matrix,
 )
-from batchgen.spec.yamlsrc import MAX_BYTES, NodePath, YamlDocument, load_yaml_file
+from batchgen.spec.secrets import secret_issues as secret_issues_of
+from batchgen.spec.secrets import secrets_in_file
+from batchgen.spec.yamlsrc import NodePath, YamlDocument, load_yaml_file
 
 __all__ = ["DEFAULT_BASE_URL", "Limits", "Spec", "load_spec"]
 
 #: Where requests go when neither the command line, the environment nor the spec says.
 DEFAULT_BASE_URL = "https://cobabaai.com/v1"
-_SECRET_TEXT = re.compile(r"sk-[A-Za-z0-9_\-]{16,}")
-_SECRET_NAMES = frozenset(
-    {"key", "apikey", "token", "authorization", "auth", "secret", "password", "bearer"}
-)
-_SECRET_SUFFIXES = ("apikey", "token", "secret", "password", "secretkey", "accesskey")
-_NO_KEYS = "an API key must never be written in a spec; set COBABA_API_KEY in the environment"
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +93,42 @@ class Spec:
     price_overrides: Mapping[str, float] = dataclasses.field(default_factory=dict)
     #: Where each model's price in ``prices`` came from: spec, live, table (or none).
     price_sources: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    #: The generated axes (``{generate: ...}``) and the state of their lock.
+    generated: tuple[GeneratedAxis, ...] = ()
+    #: The lockfile of the generated axes (it may not exist yet).
+    lock_path: Path | None = None
+    #: What the saved images carry: ``none`` (the service's bytes) or ``parameters``.
+    embed: str = "none"
+
+    @property
+    def unlocked(self) -> tuple[GeneratedAxis, ...]:
+        """Generated axes with no values yet: ``lock`` (or ``run``) asks for them."""
+        return tuple(g for g in self.generated if g.state == MISSING)
+
+    @property
+    def stale(self) -> tuple[GeneratedAxis, ...]:
+        """Generated axes whose lock was made with another model, instruction or count."""
+        return tuple(g for g in self.generated if g.state == STALE)
+
+    def relocked(self) -> Spec:
+        """The same spec with its generated axes read again from its lockfile (once a
+        lock was written); everything else (output, prices, limits) is kept."""
+        fresh = load_spec(self.path, max_tasks=self.limits.max_tasks, lock_file=self.lock_path)
+        return dataclasses.replace(
+            self,
+            matrix=fresh.matrix,
+            counts=fresh.counts,
+            digest=fresh.digest,
+            generated=fresh.generated,
+            warnings=fresh.warnings,
+        )
+
+    def require_locked(self, *, stale_ok: bool = False) -> None:
+        """Raise SpecError, at each axis, unless every generated axis has its values (and,
+        unless ``stale_ok``, a fresh lock): placeholders must never reach a request."""
+        issues = unlocked_issues(self.display_path, self.generated, stale_ok=stale_ok)
+        if issues:
+            raise SpecError(issues)
 
     @property
     def task_count(self) -> int:
@@ -107,12 +147,16 @@ def load_spec(
     *,
     base_url: str | None = None,
     max_tasks: int | None = None,
+    simulated: bool = False,
+    lock_file: Path | None = None,
 ) -> Spec:
     """Load, check and resolve the job spec at ``path``.
 
     ``base_url`` (the ``--base-url`` option) wins over ``COBABA_BASE_URL``, which wins
     over the spec's ``api.base_url``. ``max_tasks`` (``--max-tasks``) replaces
-    ``limits.max_tasks``.
+    ``limits.max_tasks``. Generated axes take their values from ``<stem>.lock.yaml``
+    beside the spec, or with ``simulated`` (``--sim``) from ``<stem>.sim.lock.yaml``
+    (``lock_file`` names another).
 
     Raises :class:`SpecError` with every problem found (warnings included in
     ``issues``), and :class:`~batchgen.errors.ConfigError` if ``base_url`` or
@@ -125,9 +169,9 @@ def load_spec(
         doc = load_yaml_file(absolute, display_name=display)
     except SpecError as exc:
         raise SpecError(
-            _sorted([*exc.issues, *_secrets_in_file(absolute, display)], display)
+            _sorted([*exc.issues, *secrets_in_file(absolute, display)], display)
         ) from None
-    secret_issues, secret_paths = _secret_issues(doc)
+    secret_issues, secret_paths = secret_issues_of(doc)
     if doc.data is None or not isinstance(doc.data, dict):
         what = "empty" if doc.data is None else "not a mapping of keys"
         raise SpecError(
@@ -146,65 +190,14 @@ def load_spec(
         raise SpecError(_sorted([*secret_issues, *structural], display)) from None
     if secret_issues:
         raise SpecError(_sorted(secret_issues, display))
-    return _resolve(doc, model, absolute, override, max_tasks)
+    locks = lock_file or lock_path(absolute, simulated=simulated)
+    return _resolve(doc, model, absolute, override, max_tasks, locks)
 
 
 def _sorted(issues: list[SpecIssue], spec_file: str) -> list[SpecIssue]:
     # The spec's own lines first, then other files (row files); duplicates dropped.
     unique = dict.fromkeys(issues)
     return sorted(unique, key=lambda i: (i.file != spec_file, i.file, i.line, i.column))
-
-
-# --- secrets -----------------------------------------------------------------------------
-
-
-def _is_secret_name(key: str) -> bool:
-    flat = re.sub(r"[^a-z]", "", key.lower())
-    return flat in _SECRET_NAMES or flat.endswith(_SECRET_SUFFIXES)
-
-
-def _text_secrets(text: str, file: str) -> list[SpecIssue]:
-    issues = []
-    for match in _SECRET_TEXT.finditer(text):
-        line = text.count("\n", 0, match.start()) + 1
-        column = match.start() - (text.rfind("\n", 0, match.start()) + 1) + 1
-        issues.append(SpecIssue(file, line, column, f"this looks like an API key: {_NO_KEYS}"))
-    return issues
-
-
-def _secrets_in_file(path: Path, display: str) -> list[SpecIssue]:
-    try:
-        if path.stat().st_size > MAX_BYTES:
-            return []
-        text = path.read_bytes().decode("utf-8", errors="replace")
-    except OSError:
-        return []
-    return _text_secrets(text, display)
-
-
-def _secret_issues(doc: YamlDocument) -> tuple[list[SpecIssue], list[NodePath]]:
-    """Keys named like credentials (at their key) and ``sk-...`` strings (anywhere)."""
-    issues = _text_secrets(doc.text, doc.file)
-    paths: list[NodePath] = []
-    stack: list[tuple[NodePath, object]] = [((), doc.data)]
-    while stack:
-        path, value = stack.pop()
-        if isinstance(value, dict):
-            for key, child in value.items():
-                if _is_secret_name(key):
-                    paths.append((*path, key))
-                    if isinstance(child, str):
-                        register_secret(child)  # keep it out of every later message
-                    issues.append(
-                        doc.issue(
-                            (*path, key), f"key {key!r} is not allowed: {_NO_KEYS}", at_key=True
-                        )
-                    )
-                else:
-                    stack.append(((*path, key), child))
-        elif isinstance(value, list):
-            stack.extend(((*path, i), child) for i, child in enumerate(value))
-    return issues, paths
 
 
 # --- meaning -----------------------------------------------------------------------------------
@@ -255,11 +248,19 @@ def _resolve(
     absolute: Path,
     override: str | None,
     max_tasks: int | None,
+    locks: Path,
 ) -> Spec:
     limits = model.limits
     if max_tasks is not None:
         limits = limits.model_copy(update={"max_tasks": max_tasks})
     ctx = Context(doc, absolute.parent, max_rows=limits.max_tasks)
+    if any(
+        isinstance(axis, GeneratedAxisModel) for axis in (model.matrix.model_extra or {}).values()
+    ):
+        try:
+            ctx.lock = read_lock(locks, os.path.join(os.path.dirname(doc.file), locks.name))
+        except SpecError as exc:
+            ctx.issues.extend(exc.issues)
     name = model.name or absolute.stem
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "job"
     if model.output is not None and any(ord(c) < 32 for c in model.output):
@@ -382,6 +383,9 @@ def _resolve(
             m: "spec" if m in model.prices else ("table" if m in DEFAULT_PRICES else "none")
             for m in tasks_by_model
         },
+        generated=tuple(ctx.generated),
+        lock_path=locks,
+        embed=model.embed,
     )
 
 

@@ -57,12 +57,16 @@ def count_tasks(spec: Spec) -> int:
     return count_combinations(spec.matrix).total * spec.repeat
 
 
-def expand(spec: Spec) -> Iterator[PlannedTask]:
+def expand(spec: Spec, *, counting: bool = False) -> Iterator[PlannedTask]:
     """Yield the tasks of ``spec`` in order: each combination's variants together.
 
     A generator: memory does not depend on the number of tasks. The spec was fully
-    validated by :func:`batchgen.spec.load_spec`, so expansion cannot fail.
+    validated by :func:`batchgen.spec.load_spec`, so expansion cannot fail, except that
+    a generated axis not locked yet raises SpecError (its values are placeholders),
+    unless ``counting`` (as ``plan`` does: the tasks are counted, never sent).
     """
+    if not counting:
+        spec.require_locked(stale_ok=True)
     defaults: TaskDefaults = spec.defaults
     base_params = dict(defaults.params or {})
     per_model = defaults.model_params or {}

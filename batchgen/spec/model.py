@@ -28,6 +28,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 from batchgen.errors import SpecIssue
+from batchgen.spec.lock import GeneratedAxisModel, GenerateModel
 from batchgen.spec.yamlsrc import NodePath, YamlDocument
 
 __all__ = [
@@ -133,16 +134,19 @@ def _axis_kind(value: Any) -> str | None:
     if isinstance(value, list):
         return "values"
     if isinstance(value, dict):
-        return "file"
+        return "generate" if "generate" in value else "file"
     return None
 
 
 AxisDef = Annotated[
-    Annotated[list[AxisItem], Tag("values")] | Annotated[RowSourceModel, Tag("file")],
+    Annotated[list[AxisItem], Tag("values")]
+    | Annotated[RowSourceModel, Tag("file")]
+    | Annotated[GeneratedAxisModel, Tag("generate")],
     Discriminator(
         _axis_kind,
         custom_error_type="axis_type",
-        custom_error_message="should be a list of values ([a, b]) or a file ({from: rows.csv})",
+        custom_error_message="should be a list of values ([a, b]), a file ({from: rows.csv})"
+        " or generated values ({generate: {model, count, instruction}})",
     ),
 ]
 
@@ -337,6 +341,12 @@ class SpecModel(BaseModel):
     currency: StrictStr = Field(
         default="CNY", min_length=1, description="Currency of prices and budget (display only)."
     )
+    embed: Literal["none", "parameters"] = Field(
+        default="none",
+        description="parameters: write the prompt, model, ratio, size, variables and key into"
+        " each saved image (PNG text chunks 'parameters' and 'batchgen'; EXIF and XMP in JPEG"
+        " and WebP). none (default): save the service's bytes unchanged.",
+    )
 
 
 # --- structure errors mapped to YAML positions -------------------------------------------
@@ -358,7 +368,7 @@ def _data_path(data: object, loc: tuple[int | str, ...]) -> NodePath:
 
 
 def _allowed_keys(parent: NodePath) -> tuple[str, ...]:
-    model: type[SpecModel | ApiModel | Limits | RowSourceModel] | None = None
+    model: type[SpecModel | ApiModel | Limits | RowSourceModel | GenerateModel] | None = None
     if parent == ():
         model = SpecModel
     elif parent == ("api",):
@@ -367,6 +377,8 @@ def _allowed_keys(parent: NodePath) -> tuple[str, ...]:
         model = Limits
     elif len(parent) == 2 and parent[0] == "matrix":
         model = RowSourceModel
+    elif len(parent) == 3 and parent[0] == "matrix" and parent[2] == "generate":
+        model = GenerateModel
     if model is None:
         return ()
     return tuple(field.alias or name for name, field in model.model_fields.items())

@@ -82,6 +82,8 @@ class PlanSummary:
     warnings: tuple[SpecIssue, ...]
     #: (model, price, where it came from: spec, live, table or none) per model
     prices: tuple[tuple[str, float, str], ...] = ()
+    #: (axis, what its lock says) per generated axis
+    generated: tuple[tuple[str, str], ...] = ()
 
     @property
     def to_run(self) -> int:
@@ -103,7 +105,9 @@ def plan_summary(spec: Spec, *, done_keys: Container[str] = frozenset()) -> Plan
     overflow_tasks: dict[str, int] = {}
     total = done = 0
     cost_total = cost_to_run = 0.0
-    for task in expand(spec):
+    # An axis not generated yet has placeholder values: one line says how many tasks.
+    pending = {g.name: f"({g.count} values to generate)" for g in spec.unlocked}
+    for task in expand(spec, counting=True):
         total += 1
         cost_total += task.price
         if task.key in done_keys:
@@ -111,6 +115,7 @@ def plan_summary(spec: Spec, *, done_keys: Container[str] = frozenset()) -> Plan
         else:
             cost_to_run += task.price
         for name, value in task.vars.items():
+            value = pending.get(name, value)
             counter = counters.setdefault(name, {})
             if value in counter:
                 counter[value] += 1
@@ -147,6 +152,7 @@ def plan_summary(spec: Spec, *, done_keys: Container[str] = frozenset()) -> Plan
             (m, spec.prices.get(m, 0.0), spec.price_sources.get(m, "table"))
             for m in sorted(spec.tasks_by_model)
         ),
+        generated=tuple((g.name, g.describe()) for g in spec.generated),
     )
 
 
@@ -240,6 +246,8 @@ def format_plan(summary: PlanSummary) -> str:
         where = _SOURCES.get(source, source)
         lines.append(f"{label:<10}{model} {price:.4g} {summary.currency} ({where})")
     lines.append(f"duration  ~{_clock(summary.seconds)} {summary.rate_note}")
+    for i, (name, described) in enumerate(summary.generated):
+        lines.append(f"{'generated' if i == 0 else '':<10}{name}: {described}")
     if summary.warnings:
         lines.append(f"{len(summary.warnings)} warning(s): see above")
     return "\n".join(lines)
@@ -321,6 +329,8 @@ def validate_summary(spec: Spec) -> str:
         f"{spec.display_path}: ok, {spec.task_count:,} task{'s' if spec.task_count != 1 else ''} "
         f"({_breakdown(spec)}), est. {_money(spec.estimated_cost)} {spec.currency}"
     )
+    for generated in spec.generated:
+        line += f"; {generated.name}: {generated.describe()}"
     if spec.warnings:
         line += f", {len(spec.warnings)} warning{'s' if len(spec.warnings) != 1 else ''}"
     return line
@@ -344,7 +354,8 @@ def spec_json_schema() -> dict[str, object]:
     if isinstance(extra, dict):
         extra.setdefault(
             "description",
-            "An axis: a list of values, a list of rows (mappings), or {from: FILE}.",
+            "An axis: a list of values, a list of rows (mappings), {from: FILE}, or"
+            " {generate: {model, count, instruction}} (values a chat model writes, locked).",
         )
     out: dict[str, object] = {
         "$schema": "https://json-schema.org/draft/2020-12/schema",

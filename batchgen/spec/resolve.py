@@ -7,7 +7,6 @@ combinations (placeholders, model families) live in :mod:`batchgen.spec.checks`.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from pathlib import Path
 
 from batchgen.errors import SpecError, SpecIssue
 from batchgen.spec.combos import Axis, AxisValue, MatrixDef, MatrixEntry
+from batchgen.spec.lock import GeneratedAxis, GeneratedAxisModel, Lockfile, resolve_generated
 from batchgen.spec.model import MatrixModel, RowSourceModel, did_you_mean
 from batchgen.spec.placeholders import NAME_PATTERN, Template, TemplateError, parse_template
 from batchgen.spec.sources import (
@@ -33,7 +33,6 @@ __all__ = [
     "RESERVED_NAMES",
     "Context",
     "TemplateUse",
-    "check_params",
     "did_you_mean",
     "resolve_matrix",
 ]
@@ -64,6 +63,8 @@ class Context:
     broken: bool = False  # the matrix could not be resolved: skip combination checks
     templates: list[TemplateUse] = field(default_factory=list)
     file_digests: dict[str, str] = field(default_factory=dict)
+    lock: Lockfile | None = None  # the spec's lockfile, for generated axes
+    generated: list[GeneratedAxis] = field(default_factory=list)
     images: ImageResolver = field(init=False)
 
     def __post_init__(self) -> None:
@@ -186,11 +187,16 @@ def resolve_matrix(ctx: Context, matrix: MatrixModel) -> MatrixDef:
 
 
 def _resolve_axis(
-    ctx: Context, name: str, definition: list[object] | RowSourceModel, path: NodePath
+    ctx: Context,
+    name: str,
+    definition: list[object] | RowSourceModel | GeneratedAxisModel,
+    path: NodePath,
 ) -> Axis | None:
     where = ctx.where(path, at_key=True)
     if isinstance(definition, RowSourceModel):
         return _file_axis(ctx, name, definition, path, where)
+    if isinstance(definition, GeneratedAxisModel):
+        return _generated_axis(ctx, name, definition, path, where)
     if not definition:
         ctx.error(path, f"axis {name!r} has no values")
         return None
@@ -225,6 +231,23 @@ def _resolve_axis(
             ctx.template(text, item_where, "prompt")
         values.append(AxisValue((text,), item_where, images))
     return Axis(name, (name,), tuple(values), where)
+
+
+def _generated_axis(
+    ctx: Context, name: str, definition: GeneratedAxisModel, path: NodePath, where: Where
+) -> Axis | None:
+    if name in REQUEST_VARS - {"prompt"}:
+        ctx.error(path, f"a generated axis fills a template variable or prompt, not {name!r}")
+        return None
+    values, generated, issues = resolve_generated(name, definition, where, ctx.lock)
+    ctx.issues.extend(issues)
+    ctx.generated.append(generated)
+    if ctx.lock is not None and generated.locked is not None:
+        ctx.file_digests[f"{ctx.lock.display}#{name}"] = ctx.lock.values_digest(name)
+    if name == "prompt" and generated.locked is not None:
+        for text, value_where in values:
+            ctx.template(text, value_where, "prompt")
+    return Axis(name, (name,), tuple(AxisValue((t,), w) for t, w in values), where)
 
 
 def _row_value(
@@ -297,6 +320,11 @@ def _is_rows(axis: Axis) -> bool:
     return axis.names != (axis.name,)
 
 
+#: Why include and exclude may not name a generated axis.
+_GENERATED_ENTRY = (
+    "{0!r} is a generated axis: its values come from the lock, so include and exclude"
+    " cannot name them; edit the values in the lockfile instead"
+)
 #: Duplicate rows reported one by one; the rest are summed up in one warning.
 _MAX_ROW_WARNINGS = 10
 
@@ -368,7 +396,12 @@ def _exclude_entry(
         return None
     match: list[tuple[str, str]] = []
     ok = True
+    generated = {axis.name for axis in ctx.generated}
     for key, value in raw.items():
+        if key in generated:
+            ctx.error((*path, key), _GENERATED_ENTRY.format(key), at_key=True)
+            ok = False
+            continue
         if key not in values_of:
             ctx.error(
                 (*path, key),
@@ -404,6 +437,10 @@ def _include_entry(
     images: tuple[ImageRef, ...] | None = None
     ok = True
     for key, value in raw.items():
+        if key in {axis.name for axis in ctx.generated}:
+            ctx.error((*path, key), _GENERATED_ENTRY.format(key), at_key=True)
+            ok = False
+            continue
         if not _check_name(ctx, key, (*path, key), "include key"):
             ok = False
             continue
@@ -421,44 +458,3 @@ def _include_entry(
         elif key == "prompt":
             ctx.template(text, ctx.where((*path, key)), "prompt")
     return MatrixEntry(tuple(match), tuple(adds), where, images) if ok else None
-
-
-def check_params(ctx: Context, params: Mapping[str, object], path: NodePath) -> None:
-    """Refuse request fields that batchgen sets itself and non-finite numbers; parse templates."""
-    managed = {
-        "model": "model",
-        "prompt": "prompt",
-        "images": "images",
-        "urls": "images",
-        "aspectRatio": "aspect_ratio",
-        "imageSize": "image_size",
-        "size": "aspect_ratio",
-        "replyType": None,
-        "webHook": None,
-        "shutProgress": None,
-        "n": None,
-        "response_format": None,
-    }
-    for name, value in params.items():
-        if name in managed:
-            own = managed[name]
-            hint = f" from `{own}` (top level, axis, row or include)" if own else ""
-            ctx.error(
-                (*path, name), f"params may not set {name!r}: batchgen sets it{hint}", at_key=True
-            )
-            continue
-        if not _finite(value):
-            ctx.error((*path, name), f"params {name!r} contains a non-finite number")
-            continue
-        if isinstance(value, str):
-            ctx.template(value, ctx.where((*path, name)), f"params {name!r}")
-
-
-def _finite(value: object) -> bool:
-    if isinstance(value, float):
-        return math.isfinite(value)
-    if isinstance(value, list):
-        return all(_finite(v) for v in value)
-    if isinstance(value, dict):
-        return all(_finite(v) for v in value.values())
-    return True
