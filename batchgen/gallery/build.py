@@ -53,6 +53,7 @@ from batchgen.gallery.model import (
     variant_dimension,
 )
 from batchgen.gallery.sheet import write_contact_sheets
+from batchgen.i18n import _
 from batchgen.ledger.paths import ledger_path
 from batchgen.ledger.schema import TaskRow, TaskState
 from batchgen.ledger.store import Ledger
@@ -140,11 +141,12 @@ async def make_gallery(
     if not path.is_file():
         # A simulator job's folder is ``<output>-sim`` (Spec.for_simulator).
         sim = " --sim" if output.name.endswith("-sim") else ""
-        hint = f"run `batchgen run {spec.display_path}{sim}` first"
+        hint = _("run `batchgen run {spec}` first").format(spec=f"{spec.display_path}{sim}")
         if ledger_path(spec.for_simulator()).is_file():
-            hint = "only a simulator run exists: add --sim"
+            hint = _("only a simulator run exists: add --sim")
         raise ConfigError(
-            f"no ledger at {path}: the job has not run yet ({hint})", code="no_ledger"
+            _("no ledger at {path}: the job has not run yet ({hint})").format(path=path, hint=hint),
+            code="no_ledger",
         )
     rows: dict[str, TaskRow] = {}
     async with Ledger.open(path, create=False) as ledger:

@@ -34,6 +34,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from batchgen.errors import LedgerError, redact
+from batchgen.i18n import _
 from batchgen.ledger.reads import ReadMixin
 from batchgen.ledger.schema import APPLICATION_ID, EVENT_SQL, MIGRATIONS, UPDATE_SQL, Transition
 from batchgen.ledger.sync import SyncMixin
@@ -81,7 +82,7 @@ class Ledger(SyncMixin, ReadMixin):
         Raises LedgerError when the file is not a batchgen ledger or cannot be used.
         """
         if not create and not path.exists():
-            raise LedgerError(f"no ledger at {path}: nothing has run yet")
+            raise LedgerError(_("no ledger at {path}: nothing has run yet").format(path=path))
         if path.is_dir():
             raise LedgerError(f"the ledger path {path} is a folder")
         try:

@@ -25,6 +25,7 @@ import anyio
 from batchgen.api.auth import BearerAuth, PlaygroundAuth, Timeouts, auth_from_env
 from batchgen.api.client import PLAYGROUND_ENDPOINTS, CobabaClient
 from batchgen.errors import ConfigError, leaf_error
+from batchgen.i18n import _
 from batchgen.ledger.paths import ledger_path
 from batchgen.ledger.schema import MEASURED_META
 from batchgen.ledger.store import Ledger
@@ -130,8 +131,10 @@ async def arun(
     limit = options.max_tasks or spec.limits.max_tasks
     if total > limit:
         raise ConfigError(
-            f"the job expands to {total:,} tasks, more than max_tasks ({limit:,});"
-            " raise limits.max_tasks or pass --max-tasks",
+            _(
+                "the job expands to {total:,} tasks, more than max_tasks ({limit:,});"
+                " raise limits.max_tasks or pass --max-tasks"
+            ).format(total=total, limit=limit),
             code="too_many_tasks",
         )
     started = time.monotonic()

@@ -28,6 +28,7 @@ from pydantic import ValidationError
 
 from batchgen.api.catalog import DEFAULT_PRICES
 from batchgen.errors import ConfigError, SpecError, SpecIssue, register_secret
+from batchgen.i18n import N_, _
 from batchgen.spec.checks import check_combinations
 from batchgen.spec.combos import Counts, MatrixDef, count_combinations
 from batchgen.spec.model import Limits, SpecModel, structure_issues
@@ -51,7 +52,7 @@ _SECRET_NAMES = frozenset(
     {"key", "apikey", "token", "authorization", "auth", "secret", "password", "bearer"}
 )
 _SECRET_SUFFIXES = ("apikey", "token", "secret", "password", "secretkey", "accesskey")
-_NO_KEYS = "an API key must never be written in a spec; set COBABA_API_KEY in the environment"
+_NO_KEYS = N_("an API key must never be written in a spec; set COBABA_API_KEY in the environment")
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +169,8 @@ def _text_secrets(text: str, file: str) -> list[SpecIssue]:
     for match in _SECRET_TEXT.finditer(text):
         line = text.count("\n", 0, match.start()) + 1
         column = match.start() - (text.rfind("\n", 0, match.start()) + 1) + 1
-        issues.append(SpecIssue(file, line, column, f"this looks like an API key: {_NO_KEYS}"))
+        message = _("this looks like an API key: {why}").format(why=_(_NO_KEYS))
+        issues.append(SpecIssue(file, line, column, message))
     return issues
 
 
@@ -195,11 +197,9 @@ def _secret_issues(doc: YamlDocument) -> tuple[list[SpecIssue], list[NodePath]]:
                     paths.append((*path, key))
                     if isinstance(child, str):
                         register_secret(child)  # keep it out of every later message
-                    issues.append(
-                        doc.issue(
-                            (*path, key), f"key {key!r} is not allowed: {_NO_KEYS}", at_key=True
-                        )
-                    )
+                    message = _("key {key!r} is not allowed: {why}")
+                    message = message.format(key=key, why=_(_NO_KEYS))
+                    issues.append(doc.issue((*path, key), message, at_key=True))
                 else:
                     stack.append(((*path, key), child))
         elif isinstance(value, list):
@@ -327,8 +327,10 @@ def _resolve(
         where: NodePath = ("matrix",) if ("matrix",) in doc.value_marks else ("repeat",)
         ctx.error(
             where,
-            f"the job expands to {total:,} tasks, more than limits.max_tasks "
-            f"({limits.max_tasks:,}); raise limits.max_tasks (or pass --max-tasks) if you mean it",
+            _(
+                "the job expands to {total:,} tasks, more than limits.max_tasks ({limit:,});"
+                " raise limits.max_tasks (or pass --max-tasks) if you mean it"
+            ).format(total=total, limit=limits.max_tasks),
             at_key=True,
         )
     elif not ctx.broken:
@@ -394,13 +396,17 @@ def _check_budget(
     if unpriced:
         ctx.error(
             path,
-            f"a budget needs a price for every model; add {', '.join(unpriced)} under `prices`",
+            _("a budget needs a price for every model; add {models} under `prices`").format(
+                models=", ".join(unpriced)
+            ),
         )
     elif cost > limits.budget:
         ctx.warn(
             path,
-            f"the estimated cost {cost:.2f} {currency} exceeds the budget "
-            f"{limits.budget:g} {currency}: the run will stop when the budget is spent",
+            _(
+                "the estimated cost {cost:.2f} {currency} exceeds the budget {budget:g}"
+                " {currency}: the run will stop when the budget is spent"
+            ).format(cost=cost, currency=currency, budget=limits.budget),
         )
 
 
