@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import unicodedata
 from collections.abc import Container, Iterator
 from dataclasses import dataclass
 
@@ -196,21 +197,34 @@ def _clock(seconds: float) -> str:
     return f"{days} d {hours} h"
 
 
+def _columns(text: str) -> int:
+    """Terminal columns ``text`` takes: CJK and full-width characters take two."""
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+
+def _pad(text: str, width: int) -> str:
+    return text + " " * max(0, width - _columns(text))
+
+
 def _cut(text: str, width: int) -> str:
     text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 1] + "…"
+    if _columns(text) <= width:
+        return text
+    while _columns(text) > width - 1:
+        text = text[:-1]
+    return text + "…"
 
 
 def format_plan(summary: PlanSummary) -> str:
     """A compact table: tasks per variable value, then totals, cost and duration."""
     lines = [f"{summary.spec}: {summary.name} (route: {summary.endpoint})"]
-    width = max([len(axis.name) for axis in summary.axes] + [8])
+    width = max([_columns(axis.name) for axis in summary.axes] + [8])
     value_width = 48
     for axis in summary.axes:
         for i, (value, count) in enumerate(axis.values[:_SHOWN_VALUES]):
             label = axis.name if i == 0 else ""
             lines.append(
-                f"  {label:<{width}}  {_cut(value, value_width):<{value_width}} {count:>9,}"
+                f"  {_pad(label, width)}  {_pad(_cut(value, value_width), value_width)} {count:>9,}"
             )
         hidden = axis.values[_SHOWN_VALUES:]
         more_values = len(hidden) + axis.more_values
