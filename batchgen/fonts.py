@@ -151,11 +151,11 @@ def _notdef(path: str, index: int) -> tuple[object, ...]:
 
 
 def _signature(font: ImageFont.FreeTypeFont, ch: str) -> tuple[object, ...]:
-    """What ``font`` draws for ``ch``: mask size, pixels and advance."""
-    mask = font.getmask(ch)
-    width, height = mask.size
-    pixels = bytes(Image.Image()._new(mask).tobytes()) if width and height else b""
-    return (mask.size, pixels, font.getlength(ch))
+    """What ``font`` draws for ``ch``: its box, its pixels and its advance."""
+    box = tuple(int(v) for v in font.getbbox(ch))
+    image = Image.new("L", (max(1, box[2] - box[0]), max(1, box[3] - box[1])))
+    ImageDraw.Draw(image).text((-box[0], -box[1]), ch, font=font, fill=255)
+    return (box, image.tobytes(), font.getlength(ch))
 
 
 _coverage: dict[tuple[str, int, str], bool] = {}
@@ -311,7 +311,8 @@ class Typeface:
         if fonts.latin is None or not self.faces:
             self.faces.insert(0, (None, _default_font(size)))
         self.primary = self.faces[0][1]
-        self._cjk_font = next((f for face, f in self.faces if face == fonts.cjk), None)
+        cjk = fonts.cjk
+        self._cjk_font = next((f for face, f in self.faces if cjk and face == cjk), None)
         #: CJK characters that no face covered (drawn as boxes): see :meth:`notice`.
         self.missing: set[str] = set()
 
