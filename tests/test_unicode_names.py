@@ -161,3 +161,12 @@ def test_bad_names_keep_their_messages(tmp_path: Path) -> None:
     bad = "axis '1风格' cannot be used as a variable: use letters, digits"
     assert any(e.startswith(bad) for e in errors)
     assert "axis 'ｋｅｙ' is reserved (it is a layout field)" in errors
+
+
+def test_a_chinese_job_name_keeps_its_folder_and_says_so(tmp_path: Path) -> None:
+    """A job named only in Chinese, without `output`, keeps the default folder out/job
+    (moving it would lose an existing job's ledger), with a warning to set `output`."""
+    spec = _load(tmp_path, ISSUE_SPEC.replace("    output: out\n", ""))
+    assert spec.output_dir == tmp_path / "out" / "job"
+    assert any("output: out/宇航猫" in w.message for w in spec.warnings)
+    assert not _load(tmp_path / "named", ISSUE_SPEC).warnings

@@ -265,6 +265,13 @@ def _resolve(
     if model.output is not None and any(ord(c) < 32 for c in model.output):
         ctx.error(("output",), "output must be a plain path: no NUL or control characters")
         model = model.model_copy(update={"output": None})
+    if model.output is None and slug == "job" and name != "job":
+        # Kept as it was (moving a job's folder would lose its ledger); say so instead.
+        message = _(
+            "the default output folder of job {name!r} is out/job (its name has no ASCII"
+            " letters); set `output:`, e.g. output: out/{name}"
+        )
+        ctx.warn(("name",) if model.name else ("version",), message.format(name=name))
     output = Path(model.output or f"out/{slug}").expanduser()
     output_dir = Path(os.path.normpath(absolute.parent / output))
     spec_url = model.api.base_url
