@@ -13,6 +13,14 @@ import pytest
 
 import tasks
 from batchgen.cli import main
+from batchgen.cli.app import _explain
+from batchgen.errors import (
+    AccessDeniedError,
+    BatchgenError,
+    BusinessError,
+    ConfigError,
+    QuotaExceededError,
+)
 from batchgen.i18n import LOCALE_DIR, _, current_language, language_from_env, using
 from batchgen.sim import SimServer
 from tests.runner_helpers import sim_config, subjects_spec, threaded_simulator, write_spec
@@ -187,3 +195,37 @@ def test_the_run_summary_in_chinese(
     assert "job：共 2 个任务，完成 1，失败 1；用时" in out
     assert "  输出目录：" in out
     assert "先运行 `batchgen retry SPEC --failed`" in out
+
+
+@pytest.mark.parametrize(
+    ("error", "english", "chinese"),
+    [
+        (
+            AccessDeniedError("您的 IP 不在令牌允许访问的列表中", status=403, route="POST /x"),
+            "this key may not be used from this machine's IP address",
+            "该令牌不允许从本机的 IP 地址使用",
+        ),
+        (
+            QuotaExceededError("用户额度不足, 剩余额度: ¥0.01", status=403, route="POST /x"),
+            "no credit left",
+            "额度不足",
+        ),
+        (
+            BusinessError("积分不足", status=200, code="-1", route="POST /x"),
+            "the service refused the request (often: no credit left)",
+            "服务拒绝了请求",
+        ),
+    ],
+)
+def test_the_service_message_stays_as_sent_after_ours(
+    error: BatchgenError, english: str, chinese: str
+) -> None:
+    """A refusal that stops a run is explained in the reader's language, followed by the
+    service's own message exactly as it sent it."""
+    assert _explain(error).startswith(english)
+    assert _explain(error).endswith(f"The service said: {error}")
+    with using("zh"):
+        assert _explain(error).startswith(chinese)
+        assert _explain(error).endswith(f"。服务返回：{error}")
+    plain = ConfigError("something else")
+    assert _explain(plain) == "something else"

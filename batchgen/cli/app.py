@@ -250,7 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _report(leaf_error(exc), verbose=args.verbose)
 
 
-def explain(exc: BatchgenError) -> str:
+def _explain(exc: BatchgenError) -> str:
     """The line for an error that stops a command: for the service's refusals that
     stop a run, what it means for the job and what to do, then the service's own
     message as it sent it (never translated); for the rest, the error's message."""
@@ -286,7 +286,7 @@ def _report(exc: BaseException, *, verbose: int) -> int:
             print(str(issue), file=sys.stderr)
         return exc.exit_code
     if isinstance(exc, BatchgenError):
-        print(_("batchgen: error: {message}").format(message=explain(exc)), file=sys.stderr)
+        print(_("batchgen: error: {message}").format(message=_explain(exc)), file=sys.stderr)
         return exc.exit_code
     if isinstance(exc, KeyboardInterrupt):
         print(_("batchgen: interrupted"), file=sys.stderr)
