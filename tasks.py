@@ -8,18 +8,22 @@
     python3 tasks.py browser       the gallery tests in headless Chromium
     python3 tasks.py bench         every benchmark scenario, printed as a table
     python3 tasks.py sim           the simulator on http://127.0.0.1:8787/v1
+    python3 tasks.py catalogs      add new messages to the .po catalogs, compile the .mo
 
 Extra arguments go to the underlying tool, e.g. ``python3 tasks.py test -k ledger``.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import venv
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
@@ -135,6 +139,24 @@ def ensure_browser() -> str | None:
     return None
 
 
+#: Debian's smallest complete CJK font (1.6 MB, against 57 MB for fonts-noto-cjk).
+CJK_FONT_PACKAGE = "fonts-wqy-microhei"
+
+
+def ensure_cjk_font() -> str | None:
+    """Make the CJK glyph tests runnable: install a CJK font when this is root with apt
+    (CI) and none is found; return why not when there is none."""
+    probe = [str(PY), "-c", "from batchgen.fonts import system_fonts; print(system_fonts().cjk)"]
+
+    def found() -> bool:
+        done = subprocess.run(probe, capture_output=True, text=True, check=False, cwd=ROOT)
+        return done.returncode == 0 and done.stdout.strip() not in ("", "None")
+
+    if found() or (apt_install(CJK_FONT_PACKAGE) and found()):
+        return None
+    return f"no CJK font found; install one (Debian: `apt-get install {CJK_FONT_PACKAGE}`)"
+
+
 def task_test(extra: list[str]) -> int:
     for step in (
         (tool("ruff"), "check", "."),
@@ -143,6 +165,9 @@ def task_test(extra: list[str]) -> int:
     ):
         if code := run(*step):
             return code
+    no_font = ensure_cjk_font()
+    if no_font is not None:
+        print(f"CJK glyph tests skipped: {no_font}", flush=True)
     why_not = ensure_browser()
     if why_not is None:
         # The default markers leave the browser tests out; here they run with the rest.
@@ -171,6 +196,151 @@ def task_sim(extra: list[str]) -> int:
     return run(tool("batchgen"), "sim", "--port", "8787", *extra)
 
 
+# --- message catalogs (stdlib only: no gettext tools needed) ---------------------------------
+
+LOCALE = ROOT / "batchgen" / "locale"
+#: A message id: the text, or (singular, plural) for a message with plural forms.
+MessageId = str | tuple[str, str]
+_MARKERS = {"_": 1, "N_": 1, "ngettext": 2}
+
+
+def extract_messages(package: Path = ROOT / "batchgen") -> dict[MessageId, str]:
+    """Every message marked with _(), N_() or ngettext() in the package, with where it is
+    first written (``path:line``); the catalogs must hold exactly these."""
+    found: dict[MessageId, str] = {}
+    for path in sorted(package.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):
+                continue
+            wanted = _MARKERS.get(node.func.id)
+            args = node.args[: wanted or 0]
+            if not wanted or len(args) < wanted:
+                continue
+            if not all(isinstance(a, ast.Constant) and isinstance(a.value, str) for a in args):
+                continue
+            texts = [str(a.value) for a in args if isinstance(a, ast.Constant)]
+            key: MessageId = texts[0] if wanted == 1 else (texts[0], texts[1])
+            found.setdefault(key, f"{path.relative_to(ROOT)}:{node.lineno}")
+    return found
+
+
+def _po_string(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{escaped}"'
+
+
+def _po_unquote(text: str) -> str:
+    body = text.strip()[1:-1]
+    out, i = [], 0
+    while i < len(body):
+        if body[i] == "\\" and i + 1 < len(body):
+            out.append({"n": "\n", "t": "\t", '"': '"', "\\": "\\"}.get(body[i + 1], body[i + 1]))
+            i += 2
+        else:
+            out.append(body[i])
+            i += 1
+    return "".join(out)
+
+
+def parse_po(text: str) -> dict[MessageId, list[str]]:
+    """The entries of a .po file: message id to its translations (one, or one per plural
+    form; empty strings when untranslated). Fuzzy entries count as untranslated."""
+    entries: dict[MessageId, list[str]] = {}
+    for block in _po_blocks(text):
+        fields: dict[str, str] = {}
+        current = ""
+        fuzzy = False
+        for line in block:
+            if line.startswith("#,") and "fuzzy" in line:
+                fuzzy = True
+            if line.startswith("#") or not line.strip():
+                continue
+            if line.startswith('"'):
+                fields[current] += _po_unquote(line)
+                continue
+            current, _sep, rest = line.partition(" ")
+            fields[current] = _po_unquote(rest)
+        if "msgid" not in fields:
+            continue
+        key: MessageId = fields["msgid"]
+        if "msgid_plural" in fields:
+            key = (fields["msgid"], fields["msgid_plural"])
+            forms = sorted(k for k in fields if k.startswith("msgstr["))
+            strings = [fields[k] for k in forms]
+        else:
+            strings = [fields.get("msgstr", "")]
+        entries[key] = ["" for _s in strings] if fuzzy and key != "" else strings
+    return entries
+
+
+def _po_blocks(text: str) -> Iterator[list[str]]:
+    block: list[str] = []
+    for line in text.splitlines():
+        if not line.strip():
+            if block:
+                yield block
+            block = []
+        else:
+            block.append(line)
+    if block:
+        yield block
+
+
+def compile_mo(entries: dict[MessageId, list[str]]) -> bytes:
+    """The GNU .mo file of ``entries`` (translated ones only, as msgfmt writes them)."""
+    pairs: list[tuple[bytes, bytes]] = []
+    for key, strings in entries.items():
+        if not any(strings):
+            continue
+        text = key if isinstance(key, str) else f"{key[0]}\0{key[1]}"
+        pairs.append((text.encode("utf-8"), "\0".join(strings).encode("utf-8")))
+    pairs.sort()
+    count = len(pairs)
+    originals_at = 7 * 4
+    translations_at = originals_at + count * 8
+    data_at = translations_at + count * 8
+    table_o: list[tuple[int, int]] = []
+    table_t: list[tuple[int, int]] = []
+    blob = b""
+    for source, _target in pairs:
+        table_o.append((len(source), data_at + len(blob)))
+        blob += source + b"\0"
+    for _source, target in pairs:
+        table_t.append((len(target), data_at + len(blob)))
+        blob += target + b"\0"
+    head = struct.pack("<7I", 0x950412DE, 0, count, originals_at, translations_at, 0, data_at)
+    tables = b"".join(struct.pack("<2I", *entry) for entry in table_o + table_t)
+    return head + tables + blob
+
+
+def task_catalogs(extra: list[str]) -> int:
+    """Add the messages marked in the code but missing from each .po (untranslated, at the
+    end), report the ones no longer marked, and compile every .po into its .mo."""
+    marked = extract_messages()
+    for po in sorted(LOCALE.glob("*/LC_MESSAGES/*.po")):
+        text = po.read_text(encoding="utf-8")
+        entries = parse_po(text)
+        added = [key for key in marked if key not in entries]
+        for key in added:
+            text += f"\n#: {marked[key].rsplit(':', 1)[0]}\n#, python-brace-format\n"
+            if isinstance(key, str):
+                text += f'msgid {_po_string(key)}\nmsgstr ""\n'
+            else:
+                text += f"msgid {_po_string(key[0])}\nmsgid_plural {_po_string(key[1])}\n"
+                text += 'msgstr[0] ""\n'
+        if added:
+            po.write_text(text, encoding="utf-8")
+            entries = parse_po(text)
+        stale = [key for key in entries if key != "" and key not in marked]
+        po.with_suffix(".mo").write_bytes(compile_mo(entries))
+        untranslated = sum(1 for key, strings in entries.items() if key and not any(strings))
+        print(f"{po.relative_to(ROOT)}: {len(added)} added, {untranslated} untranslated")
+        for key in stale:
+            print(f"  no longer in the code (remove it): {key!r}")
+    return 0
+
+
 TASKS = {
     "demo": task_demo,
     "test": task_test,
@@ -178,6 +348,7 @@ TASKS = {
     "browser": task_browser,
     "bench": task_bench,
     "sim": task_sim,
+    "catalogs": task_catalogs,
 }
 
 

@@ -48,6 +48,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import ClassVar
 
+from batchgen.i18n import _
 from batchgen.limits import StatedLimit
 from batchgen.redaction import redact, register_secret
 
@@ -155,7 +156,7 @@ class SpecIssue:
     severity: str = "error"
 
     def __str__(self) -> str:
-        prefix = "" if self.severity == "error" else f"{self.severity}: "
+        prefix = "" if self.severity == "error" else _("warning: ")
         return f"{self.file}:{self.line}:{self.column}: {prefix}{redact(self.message)}"
 
 
@@ -171,7 +172,8 @@ class SpecError(BatchgenError):
         if len(errors) == 1:
             message = str(errors[0])
         else:
-            message = f"{len(errors)} errors in the job spec:\n" + "\n".join(str(i) for i in errors)
+            head = _("{count} errors in the job spec:").format(count=len(errors))
+            message = head + "\n" + "\n".join(str(i) for i in errors)
         super().__init__(message)
 
 

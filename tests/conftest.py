@@ -1,4 +1,5 @@
-"""Shared fixtures: the anyio backend (asyncio, which aiosqlite needs), the simulator."""
+"""Shared fixtures: the anyio backend (asyncio, which aiosqlite needs), the simulator, and
+an English locale for every test (they read batchgen's English messages)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,14 @@ from batchgen.sim import SimConfig, SimServer, running_simulator
 
 #: Builds a running simulator from a config: ``async with sim_factory(cfg) as sim: ...``.
 SimFactory = Callable[[SimConfig], AbstractAsyncContextManager[SimServer]]
+
+
+@pytest.fixture(autouse=True)
+def _english_locale(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI speaks Chinese under a zh locale: pin English, whatever this machine says."""
+    monkeypatch.delenv("LC_ALL", raising=False)
+    monkeypatch.delenv("LC_MESSAGES", raising=False)
+    monkeypatch.setenv("LANG", "C.UTF-8")
 
 
 @pytest.fixture

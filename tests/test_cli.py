@@ -498,14 +498,14 @@ def _mentions(text: str, option: str) -> bool:
     return re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", text) is not None
 
 
-def _missing_from_readme() -> list[str]:
+def _missing_from_readme(readme: Path = _README, section: str = "commands") -> list[str]:
     """Each command without its row in the README's Commands table, each option its row
     (or a section the row links to) does not name, each top-level option not named in
-    the Commands section."""
-    if not _README.is_file():
-        return ["README.md"]
-    sections = _sections(_README.read_text(encoding="utf-8"))
-    commands = sections.get("commands", "")
+    the Commands section (``section``: the anchor of that section in ``readme``)."""
+    if not readme.is_file():
+        return [readme.name]
+    sections = _sections(readme.read_text(encoding="utf-8"))
+    commands = sections.get(section, "")
     missing = [o for o in _options(build_parser()) if not _mentions(commands, o)]
     for name, parser in _subparsers().items():
         row = next(

@@ -18,9 +18,12 @@ from typing import Any
 import anyio
 import pytest
 
+from batchgen.fonts import system_fonts
 from batchgen.gallery.build import build_gallery
 from batchgen.spec.load import Spec, load_spec
 from tests.test_gallery import MODELS, RATIOS, run_job, write_spec
+
+EXAMPLE_ZH = Path(__file__).resolve().parents[1] / "examples" / "zh-astronaut-cat.yaml"
 
 pytestmark = pytest.mark.browser
 
@@ -63,8 +66,17 @@ def gallery(tmp_path_factory: pytest.TempPathFactory) -> tuple[Spec, Path]:
 
 
 @pytest.fixture(scope="module")
-def browser(gallery: tuple[Spec, Path]) -> Iterator[Any]:
-    """Headless Chromium from Debian (the gallery is built first: Playwright's sync API
+def zh_gallery(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The Chinese example job, run against the simulator, with its gallery built."""
+    folder = tmp_path_factory.mktemp("gallery-zh")
+    spec = load_spec(shutil.copy(EXAMPLE_ZH, folder / EXAMPLE_ZH.name))
+    anyio.run(run_job, spec, 0.25, backend="asyncio")
+    return anyio.run(lambda: build_gallery(spec, png=True), backend="asyncio")
+
+
+@pytest.fixture(scope="module")
+def browser(gallery: tuple[Spec, Path], zh_gallery: Path) -> Iterator[Any]:
+    """Headless Chromium from Debian (the galleries are built first: Playwright's sync API
     owns the event loop while it runs)."""
     if CHROMIUM is None or not CHROMIUM.exists():
         pytest.skip(
@@ -193,3 +205,24 @@ def test_click_opens_full_image(gallery: tuple[Spec, Path], watched: Watched) ->
     page.keyboard.press("Escape")
     assert not page.locator("#lightbox").is_visible()
     assert watched.problems == []
+
+
+def test_a_chinese_page_is_drawn_with_a_cjk_font(zh_gallery: Path, watched: Watched) -> None:
+    """The Chinese job's page declares zh-CN, and Chromium draws its prompts with the
+    machine's CJK font (from the page's font stack), not a fallback box."""
+    cjk = system_fonts().cjk
+    if cjk is None:
+        pytest.skip("no CJK font on this machine: `apt-get install fonts-wqy-microhei`")
+    page = watched.open(zh_gallery)
+    assert page.evaluate("document.documentElement.lang") == "zh-CN"
+    assert "一只戴着宇航服的猫" in page.locator("figure.task .prompt").first.inner_text()
+    # Checked before DevTools is asked: its inspection of a file: page logs "unsafe
+    # attempt to load URL" notices of its own.
+    assert watched.problems == []
+    cdp = watched.context.new_cdp_session(page)
+    root = cdp.send("DOM.getDocument")["root"]["nodeId"]
+    node = cdp.send("DOM.querySelector", {"nodeId": root, "selector": "figure.task .prompt"})
+    cdp.send("CSS.enable")
+    used = cdp.send("CSS.getPlatformFontsForNode", {"nodeId": node["nodeId"]})["fonts"]
+    family = cjk.load(16).getname()[0]
+    assert any(f["familyName"] == family and f["glyphCount"] > 0 for f in used), used

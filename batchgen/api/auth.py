@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import httpx2 as httpx
 
 from batchgen.errors import ConfigError, redact
+from batchgen.i18n import _
 
 __all__ = [
     "API_KEY_ENV",
@@ -51,7 +52,9 @@ class BearerAuth:
         key = os.environ.get(API_KEY_ENV, "").strip()
         if not key:
             raise ConfigError(
-                f"{API_KEY_ENV} is not set: export your CobabaAi key (or use --sim)",
+                _("{env} is not set: export your CobabaAi key (or use --sim)").format(
+                    env=API_KEY_ENV
+                ),
                 code="missing_api_key",
             )
         return cls(key)
@@ -81,13 +84,17 @@ def auth_from_env() -> BearerAuth | PlaygroundAuth:
     if session or user:
         missing = USER_ID_ENV if session else SESSION_ENV
         raise ConfigError(
-            f"{missing} is not set: a playground session needs both {SESSION_ENV} (the"
-            f" site's session cookie) and {USER_ID_ENV} (your user id)",
+            _(
+                "{missing} is not set: a playground session needs both {session} (the"
+                " site's session cookie) and {user} (your user id)"
+            ).format(missing=missing, session=SESSION_ENV, user=USER_ID_ENV),
             code="missing_api_key",
         )
     raise ConfigError(
-        f"{API_KEY_ENV} is not set: export your CobabaAi key (or {SESSION_ENV} and"
-        f" {USER_ID_ENV} for a logged-in playground session, or use --sim)",
+        _(
+            "{env} is not set: export your CobabaAi key (or {session} and {user} for a"
+            " logged-in playground session, or use --sim)"
+        ).format(env=API_KEY_ENV, session=SESSION_ENV, user=USER_ID_ENV),
         code="missing_api_key",
     )
 

@@ -18,7 +18,17 @@ from batchgen.cli.check_commands import cmd_check
 from batchgen.cli.ledger_commands import cmd_export, cmd_merge, cmd_retry, cmd_status
 from batchgen.cli.run_commands import cmd_lock, cmd_run, cmd_sim
 from batchgen.cli.spec_commands import cmd_plan, cmd_schema, cmd_validate
-from batchgen.errors import BatchgenError, SpecError, leaf_error, redact
+from batchgen.errors import (
+    AccessDeniedError,
+    AuthenticationError,
+    BatchgenError,
+    BusinessError,
+    QuotaExceededError,
+    SpecError,
+    leaf_error,
+    redact,
+)
+from batchgen.i18n import LANGUAGES, _, language_from_env, using
 
 __all__ = ["build_parser", "main"]
 
@@ -80,6 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"batchgen {__version__}")
     parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="log details (-vv: HTTP)"
+    )
+    parser.add_argument(
+        "--lang",
+        choices=tuple(LANGUAGES),
+        help="the language of batchgen's messages (default: zh when LC_ALL, LC_MESSAGES or"
+        " LANG starts with zh, else en)",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -299,10 +315,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse's own usage errors and --help
         return int(exc.code or 0) if isinstance(exc.code, int) else 2
     _setup_logging(args.verbose)
-    try:
-        return int(args.func(args))
-    except BaseException as exc:  # every error becomes one line and an exit code
-        return _report(leaf_error(exc), verbose=args.verbose)
+    with using(args.lang or language_from_env()):
+        try:
+            return int(args.func(args))
+        except BaseException as exc:  # every error becomes one line and an exit code
+            return _report(leaf_error(exc), verbose=args.verbose)
+
+
+def _explain(exc: BatchgenError) -> str:
+    """The line for an error that stops a command: for the service's refusals that
+    stop a run, what it means for the job and what to do, then the service's own
+    message as it sent it (never translated); for the rest, the error's message."""
+    detail = str(exc)
+    if isinstance(exc, AccessDeniedError):
+        ours = _(
+            "this key may not be used from this machine's IP address (the key's IP"
+            " allow-list in the console); nothing is lost"
+        )
+    elif isinstance(exc, AuthenticationError):
+        ours = _(
+            "the service refused the key (wrong, expired or used up): check COBABA_API_KEY"
+            " in the console (令牌管理) and run again; nothing is lost"
+        )
+    elif isinstance(exc, QuotaExceededError):
+        ours = _(
+            "no credit left (the account's balance or the key's own quota): top it up and"
+            " run again; tasks not paid for stay pending"
+        )
+    elif isinstance(exc, BusinessError):
+        ours = _(
+            "the service refused the request (often: no credit left); tasks not paid for"
+            " stay pending"
+        )
+    else:
+        return detail
+    return _("{ours}. The service said: {detail}").format(ours=ours, detail=detail)
 
 
 def _report(exc: BaseException, *, verbose: int) -> int:
@@ -311,22 +358,23 @@ def _report(exc: BaseException, *, verbose: int) -> int:
             print(str(issue), file=sys.stderr)
         return exc.exit_code
     if isinstance(exc, BatchgenError):
-        print(f"batchgen: error: {exc}", file=sys.stderr)
+        print(_("batchgen: error: {message}").format(message=_explain(exc)), file=sys.stderr)
         return exc.exit_code
     if isinstance(exc, KeyboardInterrupt):
-        print("batchgen: interrupted", file=sys.stderr)
+        print(_("batchgen: interrupted"), file=sys.stderr)
         return 130
     if isinstance(exc, SystemExit):
         return int(exc.code) if isinstance(exc.code, int) else 1
     if isinstance(exc, BrokenPipeError):
         return 0
     if isinstance(exc, OSError):
-        print(f"batchgen: error: {redact(str(exc))}", file=sys.stderr)
+        print(_("batchgen: error: {message}").format(message=redact(str(exc))), file=sys.stderr)
         return 1
     if verbose:
         import traceback
 
         traceback.print_exception(exc, file=sys.stderr)
     message = redact(f"{type(exc).__name__}: {exc}")
-    print(f"batchgen: internal error: {message} (run with -v for details)", file=sys.stderr)
+    line = _("batchgen: internal error: {message} (run with -v for details)")
+    print(line.format(message=message), file=sys.stderr)
     return 1

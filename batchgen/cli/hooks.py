@@ -15,7 +15,20 @@ import time
 from typing import Any, TextIO
 
 from batchgen.errors import redact
+from batchgen.i18n import _
 from batchgen.runner.progress import ProgressHook, Snapshot
+
+
+def _prefix(level: str) -> str:
+    """What a message of ``level`` starts with: nothing for info, ``warning: ``..."""
+    if level == "info":
+        return ""
+    if level == "warning":
+        return _("warning: ")
+    if level == "error":
+        return _("error: ")
+    return f"{level}: "
+
 
 __all__ = ["JsonHook", "LineHook", "QuietHook", "TqdmHook", "pick_hook"]
 
@@ -78,7 +91,7 @@ class TqdmHook:
     def on_message(self, level: str, text: str) -> None:
         from tqdm import tqdm
 
-        prefix = "" if level == "info" else f"{level}: "
+        prefix = _prefix(level)
         tqdm.write(redact(prefix + text), file=self.stream)
 
     def on_finish(self, snapshot: Snapshot) -> None:
@@ -120,7 +133,7 @@ class LineHook:
             self._line(snapshot)
 
     def on_message(self, level: str, text: str) -> None:
-        prefix = "" if level == "info" else f"{level}: "
+        prefix = _prefix(level)
         print(redact(prefix + text), file=self.stream, flush=True)
 
     def on_finish(self, snapshot: Snapshot) -> None:
@@ -165,7 +178,7 @@ class QuietHook:
 
     def on_message(self, level: str, text: str) -> None:
         if level != "info":
-            print(redact(f"{level}: {text}"), file=sys.stderr)
+            print(redact(_prefix(level) + text), file=sys.stderr)
 
     def on_finish(self, snapshot: Snapshot) -> None:
         """Ignore."""

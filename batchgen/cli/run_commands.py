@@ -20,6 +20,7 @@ import anyio
 
 from batchgen.cli.args import load_spec_arg, quote_path
 from batchgen.cli.hooks import pick_hook
+from batchgen.i18n import N_, _
 
 __all__ = ["cmd_lock", "cmd_run", "cmd_sim"]
 
@@ -50,7 +51,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         from batchgen.gallery.build import build_gallery
 
         index = anyio.run(build_gallery, spec, backend="asyncio")
-        print(f"  gallery: {index}", file=sys.stderr if args.json else sys.stdout)
+        print(
+            _("  gallery: {index}").format(index=index),
+            file=sys.stderr if args.json else sys.stdout,
+        )
     return int(summary.exit_code)
 
 
@@ -77,7 +81,9 @@ async def _run_async(spec: Any, options: Any, hook: Any, args: argparse.Namespac
                     fail_rate=args.sim_fail_rate,
                     seed=0,
                 ) as (base_url, auth):
-                    hook.on_message("info", f"simulator at {base_url} (no API key needed)")
+                    hook.on_message(
+                        "info", _("simulator at {url} (no API key needed)").format(url=base_url)
+                    )
                     options = _replace(options, base_url=base_url, auth=auth, seed=0)
                     summary = await arun(spec, options, hook=hook, handle=handle)
             else:
@@ -95,65 +101,100 @@ def _replace(options: Any, **changes: Any) -> Any:
 
 async def _watch_signals(handle: Any, hook: Any) -> None:
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for _ in signals:
+        async for _signal in signals:
             handle.interrupt()
             if handle.requests == 1:
                 hook.on_message(
                     "warning",
-                    "stopping: no new submissions; waiting for answers in flight"
-                    " (Ctrl-C again to quit at once)",
+                    _(
+                        "stopping: no new submissions; waiting for answers in flight"
+                        " (Ctrl-C again to quit at once)"
+                    ),
                 )
             else:
-                hook.on_message("warning", "quitting now")
+                hook.on_message("warning", _("quitting now"))
+
+
+#: Each state's part of the summary line, in the order shown.
+_STATE_COUNTS = {
+    "done": N_("{count} done"),
+    "failed": N_("{count} failed"),
+    "unknown": N_("{count} unknown"),
+    "pending": N_("{count} pending"),
+    "running": N_("{count} running"),
+    "downloading": N_("{count} downloading"),
+}
 
 
 def _format_summary(summary: Any, spec: Any) -> str:
     counts = summary.counts
-    parts = [
-        f"{counts.get(s, 0)} {s}"
-        for s in ("done", "failed", "unknown", "pending", "running", "downloading")
-        if counts.get(s, 0)
-    ]
+    parts = [_(text).format(count=counts[s]) for s, text in _STATE_COUNTS.items() if counts.get(s)]
     run = summary.this_run
-    spent = f"spent {summary.spent_total:.4f} {spec.currency}"
+    spent = _("spent {amount:.4f} {currency}").format(
+        amount=summary.spent_total, currency=spec.currency
+    )
     if summary.spent_measured is not None:
-        spent += f" (estimated; the service measured {summary.spent_measured:.4f})"
+        spent += _(" (estimated; the service measured {measured:.4f})").format(
+            measured=summary.spent_measured
+        )
+    states = _(", ").join(parts) or _("nothing to do")
     lines = [
-        f"{summary.job}: {', '.join(parts) or 'nothing to do'} of {summary.tasks} task(s)"
-        f" in {summary.elapsed:.1f}s; {spent}",
+        _("{job}: {states} of {tasks} task(s) in {elapsed:.1f}s; {spent}").format(
+            job=summary.job,
+            states=states,
+            tasks=summary.tasks,
+            elapsed=summary.elapsed,
+            spent=spent,
+        )
     ]
     if run:
         lines.append(
-            f"  this run: {run.get('accepted', 0)} submitted, {run.get('downloaded', 0)} saved,"
-            f" {run.get('rate_limited', 0)} rate-limited (429), {run.get('retried', 0)} retried,"
-            f" {run.get('regenerated', 0)} regenerated"
+            _(
+                "  this run: {submitted} submitted, {saved} saved, {limited} rate-limited (429),"
+                " {retried} retried, {regenerated} regenerated"
+            ).format(
+                submitted=run.get("accepted", 0),
+                saved=run.get("downloaded", 0),
+                limited=run.get("rate_limited", 0),
+                retried=run.get("retried", 0),
+                regenerated=run.get("regenerated", 0),
+            )
         )
     if summary.failures_by_code:
         codes = ", ".join(f"{c} {n}" for c, n in summary.failures_by_code.items())
-        lines.append(f"  failures by code: {codes}")
+        lines.append(_("  failures by code: {codes}").format(codes=codes))
     lines.extend(f"  {m}" for m in summary.messages)
     if summary.not_in_spec:
-        lines.append(f"  {summary.not_in_spec} task(s) in the ledger are no longer in the spec")
-    lines.append(f"  output: {summary.output}")
+        lines.append(
+            _("  {count} task(s) in the ledger are no longer in the spec").format(
+                count=summary.not_in_spec
+            )
+        )
+    lines.append(_("  output: {folder}").format(folder=summary.output))
     if summary.shard:
         lines.append(
-            f"  shard {summary.shard}: `batchgen status {quote_path(summary.spec)}` counts"
-            f" every shard; once all are done, `batchgen merge {quote_path(summary.spec)}`"
-            " writes the job's one metadata.jsonl"
+            _(
+                "  shard {shard}: `batchgen status {spec}` counts every shard; once all are"
+                " done, `batchgen merge {spec}` writes the job's one metadata.jsonl"
+            ).format(shard=summary.shard, spec=quote_path(summary.spec))
         )
     if summary.exit_code == 130:
         shard = f" --shard {summary.shard}" if summary.shard else ""
         lines.append(
-            f"  interrupted: run `batchgen run{shard} {quote_path(summary.spec)}` again to resume"
+            _("  interrupted: run `batchgen run{shard} {spec}` again to resume").format(
+                shard=shard, spec=quote_path(summary.spec)
+            )
         )
     elif counts.get("unknown"):
         lines.append(
-            "  unknown tasks may have been charged; review them with `batchgen status`, then"
-            " `batchgen retry SPEC --unknown` to resubmit"
+            _(
+                "  unknown tasks may have been charged; review them with `batchgen status`, then"
+                " `batchgen retry SPEC --unknown` to resubmit"
+            )
         )
     elif counts.get("failed"):
         lines.append(
-            "  `batchgen retry SPEC --failed` then `batchgen run SPEC` tries the failed again"
+            _("  `batchgen retry SPEC --failed` then `batchgen run SPEC` tries the failed again")
         )
     return "\n".join(lines)
 

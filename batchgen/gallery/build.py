@@ -39,7 +39,7 @@ import anyio.lowlevel
 from PIL import Image, features
 
 from batchgen.errors import ConfigError, UsageError
-from batchgen.gallery.html import PageContext, render_page
+from batchgen.gallery.html import PageContext, page_language, render_page
 from batchgen.gallery.model import (
     ImageView,
     Page,
@@ -53,6 +53,7 @@ from batchgen.gallery.model import (
     variant_dimension,
 )
 from batchgen.gallery.sheet import write_contact_sheets
+from batchgen.i18n import _
 from batchgen.ledger.job import open_job
 from batchgen.ledger.paths import job_ledgers, ledger_path
 from batchgen.ledger.schema import TaskRow, TaskState
@@ -97,6 +98,8 @@ class GalleryResult:
     thumbs_failed: int
     sheets: tuple[Path, ...]
     sheets_made: int
+    #: Warnings for the user (a contact sheet's CJK text with no font to draw it).
+    notes: tuple[str, ...] = ()
 
 
 async def build_gallery(
@@ -140,18 +143,19 @@ async def make_gallery(
     if not job_ledgers(spec):
         # A simulator job's folder is ``<output>-sim`` (Spec.for_simulator).
         sim = " --sim" if output.name.endswith("-sim") else ""
-        hint = f"run `batchgen run {spec.display_path}{sim}` first"
+        hint = _("run `batchgen run {spec}` first").format(spec=f"{spec.display_path}{sim}")
         if ledger_path(spec.for_simulator()).is_file():
-            hint = "only a simulator run exists: add --sim"
+            hint = _("only a simulator run exists: add --sim")
         raise ConfigError(
-            f"no ledger at {path}: the job has not run yet ({hint})", code="no_ledger"
+            _("no ledger at {path}: the job has not run yet ({hint})").format(path=path, hint=hint),
+            code="no_ledger",
         )
     rows: dict[str, TaskRow] = {}
     spent = 0.0
     async with open_job(spec) as job:  # every shard's ledger, read only
         async for row in job.iter_rows():
             rows[row.key] = row
-        for _, ledger in job.ledgers:
+        for _shard, ledger in job.ledgers:
             spent += (await ledger.totals())["spent"]
     planned_keys = {task.key for task in planned}
     not_in_spec = sum(1 for key in rows if key not in planned_keys)
@@ -163,10 +167,12 @@ async def make_gallery(
     titles = [grid_title(choice, grid.filter_values) for grid in grids]
     sheet_links: dict[int, list[SheetLink]] = {}
     sheets_made = 0
+    notes: list[str] = []
     if png:
-        sheet_links, sheets_made = await write_contact_sheets(
+        sheet_links, sheets_made, notice = await write_contact_sheets(
             output, grids, choice, job=spec.name, titles=titles, thumbs=thumbs
         )
+        notes += [notice] if notice else []
     counts: dict[str, int] = {}
     for view in views:
         counts[view.state] = counts.get(view.state, 0) + 1
@@ -181,6 +187,7 @@ async def make_gallery(
         not_in_spec=not_in_spec,
         show_variant=spec.repeat > 1,
         sheets=sheet_links,
+        lang=page_language(task.prompt for task in planned),
     )
     written = [_write_if_changed(output / page.filename, render_page(ctx, page)) for page in pages]
     _remove_extra_pages(output, pages)
@@ -192,6 +199,7 @@ async def make_gallery(
         thumbs_failed=failed,
         sheets=tuple(output / link.path for links in sheet_links.values() for link in links),
         sheets_made=sheets_made,
+        notes=tuple(notes),
     )
 
 
@@ -435,6 +443,8 @@ def run_from_args(args: argparse.Namespace) -> int:
         spec = spec.for_simulator()
     build = functools.partial(make_gallery, spec, x=args.x, y=args.y, png=args.png)
     result = anyio.run(build, backend="asyncio")
+    for note in result.notes:
+        print(f"warning: {note}", file=sys.stderr)
     extra = f" (+{len(result.pages) - 1} more pages)" if len(result.pages) > 1 else ""
     print(
         f"{result.index}{extra}: {result.tasks} task(s), {result.thumbs_made} new thumbnail(s)"

@@ -19,7 +19,7 @@ from typing import Final
 
 from batchgen.gallery.model import Choice, Page, Part, SheetLink, TaskView, grid_title
 
-__all__ = ["STATE_ORDER", "PageContext", "render_page"]
+__all__ = ["STATE_ORDER", "PageContext", "page_language", "render_page"]
 
 #: States in the order the summary and the state filter list them.
 STATE_ORDER: Final = (
@@ -40,7 +40,8 @@ class PageContext:
 
     ``counts`` are tasks per shown state; ``spent`` the money charged for the job's
     tasks; ``sheets`` the contact sheets of each grid, by grid number;
-    ``not_in_spec`` the ledger's tasks the spec no longer lists (not shown).
+    ``not_in_spec`` the ledger's tasks the spec no longer lists (not shown); ``lang``
+    the page's language (:func:`page_language`).
     """
 
     job: str
@@ -53,6 +54,30 @@ class PageContext:
     not_in_spec: int = 0
     show_variant: bool = False
     sheets: Mapping[int, Sequence[SheetLink]] | None = None
+    lang: str = "en"
+
+
+def page_language(texts: Iterable[str]) -> str:
+    """The ``lang`` of a page showing ``texts`` (the job's prompts): ``zh-CN`` when most
+    of their letters are CJK ideographs, ``ja`` or ``ko`` when kana or Hangul are among
+    them, else ``en``, the language of the page's own words. Browsers pick the CJK
+    glyphs of a font by it, and screen readers their voice."""
+    letters = cjk = kana = hangul = 0
+    for text in texts:
+        for ch in text:
+            if not ch.isalpha():
+                continue
+            letters += 1
+            code = ord(ch)
+            if 0x3040 <= code <= 0x30FF:
+                kana += 1
+            elif 0xAC00 <= code <= 0xD7AF or 0x1100 <= code <= 0x11FF:
+                hangul += 1
+            elif 0x3400 <= code <= 0x9FFF or 0xF900 <= code <= 0xFAFF or code >= 0x20000:
+                cjk += 1
+    if 2 * (cjk + kana + hangul) <= letters:
+        return "en"
+    return "ja" if kana else "ko" if hangul else "zh-CN"
 
 
 def _e(text: object) -> str:
@@ -73,7 +98,7 @@ def render_page(ctx: PageContext, page: Page) -> str:
     """The complete HTML of ``page``."""
     total = sum(ctx.counts.values())
     out: list[str] = [
-        '<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f'<!doctype html>\n<html lang="{_e(ctx.lang)}">\n<head>\n<meta charset="utf-8">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         '<meta name="generator" content="batchgen gallery">\n'
         '<link rel="icon" href="data:,">\n',
@@ -330,8 +355,9 @@ _CSS: Final = """
 @media (prefers-color-scheme:dark){:root{--bg:#111;--fg:#eee;--mute:#a1a1a6;--line:#333;
 --card:#1c1c1e;--done:#3fb950;--failed:#ff7b72;--unknown:#f0883e;--missing:#bc8cff}}
 *{box-sizing:border-box}[hidden]{display:none!important}
-body{margin:0;font:14px/1.4 system-ui,-apple-system,"Segoe UI",sans-serif;background:var(--bg);
-color:var(--fg)}
+body{margin:0;font:14px/1.4 system-ui,-apple-system,"Segoe UI","Noto Sans CJK SC",
+"Source Han Sans SC","PingFang SC","Microsoft YaHei","WenQuanYi Micro Hei",sans-serif;
+background:var(--bg);color:var(--fg)}
 header{padding:12px 16px;border-bottom:1px solid var(--line)}
 h1{margin:0 0 4px;font-size:20px}h2{font-size:16px;margin:16px 16px 8px}
 h2 small{color:var(--mute);font-weight:normal}.desc,.note,.axes{color:var(--mute);margin:2px 0}

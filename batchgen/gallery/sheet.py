@@ -7,8 +7,14 @@ cell's variants; a task without an image gets a box naming its state and error c
 A grid larger than :data:`MAX_ROWS` x :data:`MAX_COLS` cells is cut into several
 sheets, so no sheet becomes too large to open.
 
-Sheets are incremental: each PNG carries a digest of what it shows in a text chunk,
-and a sheet whose digest is unchanged is not drawn again.
+Text is drawn with the system's real fonts (:mod:`batchgen.fonts`), a Latin and a CJK
+face with per-character fallback, so Chinese prompts and values are readable on the
+sheet people share; when no installed font has CJK glyphs, the build says once what to
+install.
+
+Sheets are incremental: each PNG carries a digest of what it shows (and of the fonts it
+is drawn with, so installing a CJK font redraws them) in a text chunk, and a sheet whose
+digest is unchanged is not drawn again.
 """
 
 from __future__ import annotations
@@ -23,8 +29,9 @@ from pathlib import Path
 from typing import Final
 
 import anyio.lowlevel
-from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
+from PIL import Image, ImageDraw, PngImagePlugin
 
+from batchgen.fonts import Typeface, missing_notice, system_fonts
 from batchgen.gallery.model import Choice, Grid, SheetLink, TaskView
 from batchgen.output.tree import slug
 
@@ -40,7 +47,7 @@ _GAP: Final = 6
 _TITLE_H: Final = 30
 _HEADER_H: Final = 40
 _LABEL_W: Final = 180
-_VERSION: Final = 2  # bump when the drawing changes, so old sheets are redrawn
+_VERSION: Final = 3  # bump when the drawing changes, so old sheets are redrawn
 
 _BG: Final = (255, 255, 255)
 _INK: Final = (29, 29, 31)
@@ -61,47 +68,22 @@ class _Sheet:
     ys: tuple[int, ...]
 
 
-def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, OSError):  # Pillow < 10.1, or built without FreeType
-        return ImageFont.load_default()
+@dataclass(frozen=True, slots=True)
+class _Pens:
+    """The typefaces of one build: their :attr:`~batchgen.fonts.Typeface.missing`
+    characters make the build's one warning."""
 
+    small: Typeface
+    label: Typeface
+    big: Typeface
 
-def _fit(
-    draw: ImageDraw.ImageDraw,
-    text: str,
-    font: ImageFont.FreeTypeFont | ImageFont.ImageFont,
-    width: int,
-    lines: int,
-) -> list[str]:
-    """``text`` wrapped at spaces into at most ``lines`` lines of ``width`` pixels, the
-    last one cut with an ellipsis when the text does not fit."""
-    out: list[str] = []
-    words = text.split()
-    current = ""
-    while words:
-        trial = f"{current} {words[0]}".strip()
-        if draw.textlength(trial, font=font) <= width:
-            current = trial
-            words.pop(0)
-            continue
-        if not current:  # one word wider than the line: cut it
-            current = words.pop(0)
-            while current and draw.textlength(current, font=font) > width:
-                current = current[:-1]
-        out.append(current)
-        current = ""
-        if len(out) == lines:
-            break
-    if current and len(out) < lines:
-        out.append(current)
-    if words and out:
-        last = out[-1]
-        while last and draw.textlength(last + "...", font=font) > width:
-            last = last[:-1]
-        out[-1] = last + "..."
-    return out
+    @classmethod
+    def new(cls) -> _Pens:
+        fonts = system_fonts()
+        return cls(Typeface(11, fonts), Typeface(13, fonts), Typeface(16, fonts))
+
+    def notice(self) -> str | None:
+        return missing_notice(self.small.missing | self.label.missing | self.big.missing)
 
 
 def _plan(grid: Grid, title: str, stem: str) -> list[_Sheet]:
@@ -138,7 +120,8 @@ def _digest(sheet: _Sheet, grid: Grid, choice: Choice, thumbs: dict[str, Path]) 
         [choice.x.label(choice.x.values[x]) for x in sheet.xs] if choice.x else [],
         [choice.y.label(choice.y.values[y]) for y in sheet.ys] if choice.y else [],
     ]
-    blob = json.dumps([_VERSION, CELL, sheet.title, labels, cells], ensure_ascii=False)
+    fonts = repr(system_fonts())  # a newly installed font redraws the sheets
+    blob = json.dumps([_VERSION, CELL, fonts, sheet.title, labels, cells], ensure_ascii=False)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
@@ -159,15 +142,17 @@ async def write_contact_sheets(
     job: str,
     titles: Sequence[str],
     thumbs: dict[str, Path],
-) -> tuple[dict[int, list[SheetLink]], int]:
+) -> tuple[dict[int, list[SheetLink]], int, str | None]:
     """Draw the sheets of ``grids`` under ``<output>/contact-sheets/``.
 
     ``job`` names the job in every sheet's title; ``titles`` holds one title per grid;
     ``thumbs`` maps an image's sha256 to its thumbnail file. Returns the sheets per grid
-    number (paths relative to ``output``) and how many were drawn (the others were
-    unchanged). PNG files in the folder that belong to no current sheet are removed:
-    the folder is the gallery's own.
+    number (paths relative to ``output``), how many were drawn (the others were
+    unchanged), and the warning to give when CJK text had no font (else None). PNG
+    files in the folder that belong to no current sheet are removed: the folder is the
+    gallery's own.
     """
+    pens = _Pens.new()
     folder = output / SHEETS_DIR
     folder.mkdir(parents=True, exist_ok=True)
     made = 0
@@ -183,7 +168,7 @@ async def write_contact_sheets(
             digest = _digest(sheet, grid, choice, thumbs)
             if _current_digest(path) == digest:
                 continue
-            image = _draw(sheet, grid, choice, thumbs)
+            image = _draw(sheet, grid, choice, thumbs, pens)
             info = PngImagePlugin.PngInfo()
             info.add_text(DIGEST_KEY, digest)
             tmp = folder / f".{sheet.name}.tmp"
@@ -197,10 +182,12 @@ async def write_contact_sheets(
     for stale in folder.glob("*.png"):
         if stale.name not in keep and stale.is_file():
             stale.unlink()
-    return result, made
+    return result, made, pens.notice()
 
 
-def _draw(sheet: _Sheet, grid: Grid, choice: Choice, thumbs: dict[str, Path]) -> Image.Image:
+def _draw(
+    sheet: _Sheet, grid: Grid, choice: Choice, thumbs: dict[str, Path], pens: _Pens
+) -> Image.Image:
     label_w = _LABEL_W if choice.y is not None else 0
     header_h = _HEADER_H if choice.x is not None else 0
     pitch = CELL + _GAP
@@ -208,25 +195,25 @@ def _draw(sheet: _Sheet, grid: Grid, choice: Choice, thumbs: dict[str, Path]) ->
     height = _TITLE_H + header_h + _GAP + len(sheet.ys) * pitch
     image = Image.new("RGB", (width, height), _BG)
     draw = ImageDraw.Draw(image)
-    small, label, big = _font(11), _font(13), _font(16)
-    for line in _fit(draw, sheet.title, big, width - 2 * _GAP, 1):
-        draw.text((_GAP, 6), line, fill=_INK, font=big)
+    small, label, big = pens.small, pens.label, pens.big
+    for line in big.wrap(sheet.title, width - 2 * _GAP, 1):
+        big.draw(draw, (_GAP, 6), line, _INK)
     if choice.x is not None and choice.y is not None:
         corner = f"rows: {choice.y.name}, columns: {choice.x.name}"
-        for i, line in enumerate(_fit(draw, corner, small, label_w - 2 * _GAP, 2)):
-            draw.text((_GAP, _TITLE_H + 2 + i * 14), line, fill=_MUTE, font=small)
+        for i, line in enumerate(small.wrap(corner, label_w - 2 * _GAP, 2)):
+            small.draw(draw, (_GAP, _TITLE_H + 2 + i * 14), line, _MUTE)
     if choice.x is not None:
         for col, x in enumerate(sheet.xs):
             left = label_w + _GAP + col * pitch
             text = choice.x.label(choice.x.values[x])
-            for i, line in enumerate(_fit(draw, text, label, CELL, 2)):
-                draw.text((left, _TITLE_H + 2 + i * 17), line, fill=_INK, font=label)
+            for i, line in enumerate(label.wrap(text, CELL, 2)):
+                label.draw(draw, (left, _TITLE_H + 2 + i * 17), line, _INK)
     if choice.y is not None:
         for row, y in enumerate(sheet.ys):
             top = _TITLE_H + header_h + _GAP + row * pitch
             text = choice.y.label(choice.y.values[y])
-            for i, line in enumerate(_fit(draw, text, label, _LABEL_W - 2 * _GAP, 10)):
-                draw.text((_GAP, top + 4 + i * 17), line, fill=_INK, font=label)
+            for i, line in enumerate(label.wrap(text, _LABEL_W - 2 * _GAP, 10)):
+                label.draw(draw, (_GAP, top + 4 + i * 17), line, _INK)
     for row, y in enumerate(sheet.ys):
         for col, x in enumerate(sheet.xs):
             left = label_w + _GAP + col * pitch
@@ -234,8 +221,7 @@ def _draw(sheet: _Sheet, grid: Grid, choice: Choice, thumbs: dict[str, Path]) ->
             tasks = grid.cells.get((y, x), [])
             draw.rectangle((left, top, left + CELL - 1, top + CELL - 1), outline=_LINE)
             if not tasks:
-                # Pillow's built-in font has no dashes: say it in words.
-                draw.text((left + 8, top + CELL // 2 - 8), "no task", fill=_MUTE, font=small)
+                small.draw(draw, (left + 8, top + CELL // 2 - 8), "no task", _MUTE)
                 continue
             _draw_cell(image, draw, tasks, (left, top), thumbs, small)
     return image
@@ -247,7 +233,7 @@ def _draw_cell(
     tasks: Sequence[TaskView],
     origin: tuple[int, int],
     thumbs: dict[str, Path],
-    font: ImageFont.FreeTypeFont | ImageFont.ImageFont,
+    font: Typeface,
 ) -> None:
     per_side = math.ceil(math.sqrt(len(tasks)))
     box = (CELL - 4 - (per_side - 1) * 2) // per_side
@@ -271,6 +257,6 @@ def _draw_cell(
         text = task.state.upper()
         if task.error and box >= 60:
             text += " " + task.error.split(":", 1)[0]
-        lines = _fit(draw, text, font, box - 8, max(1, (box - 8) // 14))
+        lines = font.wrap(text, box - 8, max(1, (box - 8) // 14))
         for n, line in enumerate(lines):
-            draw.text((left + 4, top + 4 + n * 14), line, fill=ink, font=font)
+            font.draw(draw, (left + 4, top + 4 + n * 14), line, ink)

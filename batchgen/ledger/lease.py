@@ -37,6 +37,7 @@ import aiosqlite
 import anyio
 
 from batchgen.errors import LeaseHeldError, LedgerError
+from batchgen.i18n import _
 from batchgen.ledger.store import Ledger
 
 __all__ = [
@@ -70,7 +71,9 @@ class Holder:
     def describe(self, now: float | None = None) -> str:
         """``batchgen run (pid 4242 on host-a), last seen 3 s ago``."""
         seen = max(0.0, (time.time() if now is None else now) - self.heartbeat_at)
-        return f"{self.command} (pid {self.pid} on {self.host}), last seen {_ago(seen)} ago"
+        return _("{command} (pid {pid} on {host}), last seen {ago} ago").format(
+            command=self.command, pid=self.pid, host=self.host, ago=_ago(seen)
+        )
 
 
 def _ago(seconds: float) -> str:
@@ -233,11 +236,11 @@ async def _current(ledger: Ledger) -> Holder | None:
 
 
 def _refusal(path: Path, holder: Holder | None) -> str:
-    who = holder.describe() if holder is not None else "another process on this host"
-    return (
-        f"the job's ledger {path} is held by {who}: it is being run already (a second"
+    who = holder.describe() if holder is not None else _("another process on this host")
+    return _(
+        "the job's ledger {path} is held by {who}: it is being run already (a second"
         " writer could pay twice for the same tasks); wait for it, or stop it"
-    )
+    ).format(path=path, who=who)
 
 
 async def _claim(

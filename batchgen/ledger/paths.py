@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Final
 
 from batchgen.errors import UsageError
+from batchgen.i18n import _
 from batchgen.ledger.schema import LEDGER_NAME
 from batchgen.spec.load import Spec
 
@@ -156,23 +157,28 @@ def check_layout(spec: Spec, shard: Shard | None, *, root_has_tasks: bool = True
     has_root = root_has_tasks and any(s is None for s, _ in existing)
     if shard is None and counts:
         raise UsageError(
-            f"this job runs as {counts[0]} shards ({SHARDS_DIR}/*-of-{counts[0]} in"
-            f" {spec.output_dir}): run each with --shard I/{counts[0]}, and"
-            " `batchgen merge SPEC` for the whole; or give the job another output folder"
-            " to run it unsharded",
+            _(
+                "this job runs as {n} shards ({dir}/*-of-{n} in {output}): run each with"
+                " --shard I/{n}, and `batchgen merge SPEC` for the whole; or give the job"
+                " another output folder to run it unsharded"
+            ).format(n=counts[0], dir=SHARDS_DIR, output=spec.output_dir),
             code="shard_mismatch",
         )
     if shard is not None and has_root:
         raise UsageError(
-            f"this job was run unsharded ({LEDGER_NAME} in {spec.output_dir}): it cannot"
-            " be split now, since a task it submitted could be submitted again by a shard;"
-            " run it without --shard, or give the sharded job another output folder",
+            _(
+                "this job was run unsharded ({ledger} in {output}): it cannot be split now,"
+                " since a task it submitted could be submitted again by a shard; run it"
+                " without --shard, or give the sharded job another output folder"
+            ).format(ledger=LEDGER_NAME, output=spec.output_dir),
             code="shard_mismatch",
         )
     if shard is not None and counts and counts != [shard.count]:
         raise UsageError(
-            f"this job runs as {counts[0]} shards, not {shard.count}: the count is fixed"
-            f" once a shard has started; run --shard I/{counts[0]}, or give the job another"
-            " output folder to start over with another count",
+            _(
+                "this job runs as {n} shards, not {asked}: the count is fixed once a shard"
+                " has started; run --shard I/{n}, or give the job another output folder to"
+                " start over with another count"
+            ).format(n=counts[0], asked=shard.count),
             code="shard_mismatch",
         )

@@ -35,6 +35,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from batchgen.errors import LedgerError, redact
+from batchgen.i18n import _
 from batchgen.ledger.chats import ChatMixin
 from batchgen.ledger.reads import ReadMixin
 from batchgen.ledger.schema import APPLICATION_ID, EVENT_SQL, MIGRATIONS, UPDATE_SQL, Transition
@@ -92,7 +93,7 @@ class Ledger(SyncMixin, ReadMixin, ChatMixin):
         Raises LedgerError when the file is not a batchgen ledger or cannot be used.
         """
         if (not create or read_only) and not path.exists():
-            raise LedgerError(f"no ledger at {path}: nothing has run yet")
+            raise LedgerError(_("no ledger at {path}: nothing has run yet").format(path=path))
         if path.is_dir():
             raise LedgerError(f"the ledger path {path} is a folder")
         try:

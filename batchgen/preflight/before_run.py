@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from batchgen.api.client import CobabaClient
 from batchgen.errors import PreflightError
+from batchgen.i18n import _
 from batchgen.preflight.check import balance_of, resolve_prices
 from batchgen.preflight.facts import Facts, gather
 from batchgen.preflight.money import Money
@@ -75,9 +76,11 @@ async def before_run(spec: Spec, client: CobabaClient, *, check: bool = True) ->
         if missing:
             names = ", ".join(missing)
             raise PreflightError(
-                f"model {names} is not available to this key (the service's /v1/models):"
-                " remove it from the spec, or run with --no-check to try anyway;"
-                " nothing was submitted",
+                _(
+                    "model {models} is not available to this key (the service's /v1/models):"
+                    " remove it from the spec, or run with --no-check to try anyway;"
+                    " nothing was submitted"
+                ).format(models=names),
                 code="model_not_available",
             )
     choices, warnings = resolve_prices(
@@ -98,7 +101,7 @@ async def before_run(spec: Spec, client: CobabaClient, *, check: bool = True) ->
     sources = {m: c.source for m, c in choices.items()}
     priced = dataclasses.replace(spec, prices=prices, price_sources=sources)
     money = Money(facts.status, spec.currency)
-    balance, _ = balance_of(facts, money)
+    balance, _source = balance_of(facts, money)
     usage = money.from_display(facts.usage.used) if facts.usage is not None else None
     meter = usage_meter(client, money) if usage is not None else None
     if meter is None:

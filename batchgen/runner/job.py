@@ -26,6 +26,7 @@ import anyio
 from batchgen.api.auth import BearerAuth, PlaygroundAuth, Timeouts, auth_from_env
 from batchgen.api.client import PLAYGROUND_ENDPOINTS, CobabaClient
 from batchgen.errors import ConfigError, LeaseHeldError, SpecError, UsageError, leaf_error
+from batchgen.i18n import _
 from batchgen.ledger.lease import Holder, hold, refuse_if_held
 from batchgen.ledger.paths import Shard, check_layout, ledger_path
 from batchgen.ledger.schema import MEASURED_META
@@ -142,17 +143,21 @@ async def arun(
     limit = options.max_tasks or spec.limits.max_tasks
     if total > limit:
         raise ConfigError(
-            f"the job expands to {total:,} tasks, more than max_tasks ({limit:,});"
-            " raise limits.max_tasks or pass --max-tasks",
+            _(
+                "the job expands to {total:,} tasks, more than max_tasks ({limit:,});"
+                " raise limits.max_tasks or pass --max-tasks"
+            ).format(total=total, limit=limit),
             code="too_many_tasks",
         )
     shard = options.shard
     if shard is not None and spec.unlocked:
         # Shards lock nothing: each would ask for its own values and run another matrix.
         raise UsageError(
-            f"{spec.display_path}: generated axes ({', '.join(g.name for g in spec.unlocked)})"
-            f" have no lock yet, and shards cannot write one: run `batchgen lock"
-            f" {spec.display_path}` once, commit the lock file, then start the shards",
+            _(
+                "{spec}: generated axes ({axes}) have no lock yet, and shards cannot write"
+                " one: run `batchgen lock {spec}` once, commit the lock file, then start"
+                " the shards"
+            ).format(spec=spec.display_path, axes=", ".join(g.name for g in spec.unlocked)),
             code="unlocked_shards",
         )
     root = ledger_path(spec)

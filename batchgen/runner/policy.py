@@ -57,6 +57,7 @@ from batchgen.errors import (
     ResultExpiredError,
     TaskNotFoundError,
 )
+from batchgen.i18n import _
 from batchgen.runner.pacing import BackoffPolicy, ParkedError, full_jitter
 from batchgen.runner.state import InFlight, RunState
 from batchgen.runner.transitions import (
@@ -214,7 +215,10 @@ async def download_failed(run: RunState, task: InFlight, exc: BaseException) -> 
         run.settle(task)
         run.fail_run(
             ConfigError(
-                f"cannot write to {run.output_dir}: {exc.strerror or exc}", code="disk_full"
+                _("cannot write to {folder}: {reason}").format(
+                    folder=run.output_dir, reason=exc.strerror or exc
+                ),
+                code="disk_full",
             )
         )
     else:

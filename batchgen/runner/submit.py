@@ -19,6 +19,7 @@ import anyio
 
 from batchgen.api.responses import ImagesResult, Submission, TaskInfo
 from batchgen.errors import BatchgenError, RateLimitError
+from batchgen.i18n import _
 from batchgen.ledger.schema import TaskState, Transition
 from batchgen.runner.policy import submission_failed
 from batchgen.runner.poll import first_poll_delay, next_poll_delay, task_ended
@@ -110,20 +111,20 @@ def _budget_reached(run: RunState) -> str:
     spent = f"{budget.committed(run.spent, run.reserved):.4f} {currency}"
     measured = budget.measured
     if measured is not None and measured > run.spent + 1e-9:
-        spent += (
-            f" (the service's usage counter says {measured:.4f}; batchgen estimated"
-            f" {run.spent:.4f}; the counter counts all the key spent meanwhile, other"
+        spent += _(
+            " (the service's usage counter says {measured:.4f}; batchgen estimated"
+            " {estimated:.4f}; the counter counts all the key spent meanwhile, other"
             " runs and shards on the key included)"
-        )
+        ).format(measured=measured, estimated=run.spent)
     if budget.cap is not None and (budget.limit is None or budget.cap < budget.limit):
-        return (
-            f"the key's balance would not cover another image (spent {spent}): no more"
+        return _(
+            "the key's balance would not cover another image (spent {spent}): no more"
             " submissions, nothing overdrawn; the rest stays pending (top up and run again)"
-        )
-    return (
-        f"budget {budget.limit:g} {currency} reached (spent {spent}): no more submissions;"
+        ).format(spent=spent)
+    return _(
+        "budget {budget:g} {currency} reached (spent {spent}): no more submissions;"
         " the rest stays pending (raise limits.budget and run again to continue)"
-    )
+    ).format(budget=budget.limit, currency=currency, spent=spent)
 
 
 async def _interrupted(run: RunState, task: InFlight) -> None:

@@ -12,6 +12,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from batchgen.fonts import CJK_PACKAGE_HINT, system_fonts
 from batchgen.sim import config as sim_config
 from batchgen.sim.server import SimServer, serve
 
@@ -38,6 +39,12 @@ def run_from_args(ns: argparse.Namespace) -> int:
     def announce(server: SimServer) -> None:
         print(server.base_url, flush=True)
         print(server.config.summary(), flush=True)
+        if system_fonts().cjk is None:  # said once, before any image is drawn
+            print(
+                f"batchgen sim: no CJK font found, so Chinese prompts show as boxes in the"
+                f" images: {CJK_PACKAGE_HINT}",
+                file=sys.stderr,
+            )
 
     try:
         serve(config, on_ready=announce)

@@ -1,23 +1,27 @@
 """Deterministic result images: real PNGs drawn from the request, cached by size in bytes.
 
 The same :class:`RenderParams` always give the same bytes (a background colour from a
-hash of the parameters, the prompt wrapped in Pillow's default font, the model and size
-in a corner), so tests can compare digests across runs. Rendering is cheap
+hash of the parameters, the prompt wrapped in the system's fonts, the model and size in
+a corner), so tests can compare digests across runs. The prompt is drawn with
+:mod:`batchgen.fonts` (a Latin and a CJK face, per-character fallback): a Chinese
+prompt shows as Chinese, and a machine with no CJK font logs one warning saying what
+to install. Rendering is cheap
 (``compress_level=1``, flat shapes) because it runs on the event loop, and an LRU keyed
 by the parameters and bounded in bytes makes re-downloads free.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import io
+import logging
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from batchgen.api.catalog import image_dimensions
+from batchgen.fonts import missing_notice, typeface
 
 __all__ = ["DEFAULT_CACHE_BYTES", "ImageCache", "RenderParams", "RenderedImage", "render_png"]
 
@@ -62,33 +66,17 @@ class RenderedImage:
     sha256: str
 
 
-@functools.lru_cache(maxsize=64)
-def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    return ImageFont.load_default(size=size)
+log = logging.getLogger("batchgen.sim")
+_warned = False
 
 
-def _wrap(
-    draw: ImageDraw.ImageDraw,
-    text: str,
-    font: ImageFont.FreeTypeFont | ImageFont.ImageFont,
-    width: float,
-    max_lines: int,
-) -> list[str]:
-    """Greedy word wrap of ``text`` to ``width`` pixels, at most ``max_lines`` lines."""
-    lines: list[str] = []
-    line = ""
-    for word in text.split():
-        candidate = f"{line} {word}" if line else word
-        if line and draw.textlength(candidate, font=font) > width:
-            lines.append(line)
-            if len(lines) == max_lines:
-                return lines
-            line = word
-        else:
-            line = candidate
-    if line and len(lines) < max_lines:
-        lines.append(line)
-    return lines
+def _warn_missing_glyphs(missing: set[str]) -> None:
+    """Log, once per process, that CJK characters had no font (and what to install)."""
+    global _warned
+    notice = missing_notice(missing)
+    if notice and not _warned:
+        _warned = True
+        log.warning("simulated images: %s", notice)
 
 
 def render_png(params: RenderParams) -> bytes:
@@ -110,17 +98,19 @@ def render_png(params: RenderParams) -> bytes:
         draw.ellipse((x0 - radius, y0 - radius, x0 + radius, y0 + radius), fill=accent)
     if min(w, h) >= 32:
         font_size = max(8, min(w, h) // 18)
-        font = _font(font_size)
+        font = typeface(font_size)
         margin = max(4, w // 20)
         line_height = font_size * 1.25
         max_lines = max(1, int((h - 2 * margin - line_height) // line_height))
         y = float(margin)
-        for line in _wrap(draw, params.prompt, font, w - 2 * margin, max_lines):
-            draw.text((margin, y), line, font=font, fill=ink)
+        for line in font.wrap(params.prompt, w - 2 * margin, max_lines, ellipsis=False):
+            font.draw(draw, (margin, y), line, ink)
             y += line_height
-        small = _font(max(8, font_size // 2))
+        small = typeface(max(8, font_size // 2))
         label = f"{params.model} {w}x{h} #{params.variant}"
-        draw.text((margin, h - margin - font_size // 2), label, font=small, fill=ink)
+        small.draw(draw, (margin, h - margin - font_size // 2), label, ink)
+        if font.missing:
+            _warn_missing_glyphs(font.missing)
     out = io.BytesIO()
     image.save(out, format="PNG", compress_level=1)
     return out.getvalue()

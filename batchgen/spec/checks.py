@@ -14,6 +14,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from batchgen.api.catalog import family_of
+from batchgen.i18n import _
 from batchgen.spec.combos import Counts, MatrixDef, MatrixEntry
 from batchgen.spec.combos import walk_classes as _walk
 from batchgen.spec.placeholders import Template, TemplateError, parse_template
@@ -134,14 +135,15 @@ def check_combinations(
     def missing(template: Template, names: frozenset[str], what: str, where: Where) -> None:
         for name in sorted(template.fields - names - {"prompt", "images"}):
             if name in set_somewhere:
-                why = (
-                    "which is not set for every combination (an include entry adds it only to some)"
-                )
+                message = _(
+                    "{what} uses {{{name}}}, which is not set for every combination (an"
+                    " include entry adds it only to some)"
+                ).format(what=what, name=name)
             else:
-                why = "which no axis, row or include entry sets" + did_you_mean(
-                    name, sorted(set_somewhere)
-                )
-            report(where, f"{what} uses {{{name}}}, {why}")
+                message = _(
+                    "{what} uses {{{name}}}, which no axis, row or include entry sets"
+                ).format(what=what, name=name) + did_you_mean(name, sorted(set_somewhere))
+            report(where, message)
 
     # Axes whose values only reach requests through placeholders: a prompt that uses
     # none of an axis's variables repeats one request for each of the axis's values.
@@ -156,21 +158,25 @@ def check_combinations(
         if chosen_model is None:
             report(
                 ctx.where(matrix_path, at_key=True),
-                "no model for some combinations: set `model:` at the top level, add a "
-                "`model` axis, or give every include entry a model",
+                _(
+                    "no model for some combinations: set `model:` at the top level, add a "
+                    "`model` axis, or give every include entry a model"
+                ),
             )
         prompt = combo.values.get("prompt")
         if prompt is None:
             report(
                 ctx.where(matrix_path, at_key=True),
-                "no prompt for some combinations: set `prompt:` at the top level, add a "
-                "`prompt` axis or column, or give every include entry a prompt",
+                _(
+                    "no prompt for some combinations: set `prompt:` at the top level, add a "
+                    "`prompt` axis or column, or give every include entry a prompt"
+                ),
             )
         else:
             template = _parsed(prompt[0])
             if template is not None:
                 if not prompt[0].strip():
-                    report(prompt[1], "the prompt is empty")
+                    report(prompt[1], _("the prompt is empty"))
                 missing(template, combo.names, "prompt", prompt[1])
                 used = set(template.fields)
                 for for_model, use in param_templates:
@@ -211,20 +217,20 @@ def check_combinations(
         family = family_of(model)
         if family is None and model not in warned:
             warned.add(model)
-            note = "" if model in prices else ", and it has no price (cost counted as 0)"
-            ctx.issues.append(
-                model_where.issue(
-                    f"unknown model {model!r}: batchgen cannot check its aspect ratios "
-                    f"and sizes{note}",
-                    "warning",
+            if model in prices:
+                message = _(
+                    "unknown model {model!r}: batchgen cannot check its aspect ratios and sizes"
                 )
-            )
+            else:
+                message = _(
+                    "unknown model {model!r}: batchgen cannot check its aspect ratios and"
+                    " sizes, and it has no price (cost counted as 0)"
+                )
+            ctx.issues.append(model_where.issue(message.format(model=model), "warning"))
         if family is not None and not family.accepts_ratio(ratio):
-            report(
-                ratio_where,
-                f"{model} does not accept aspect_ratio {ratio!r} "
-                f"(accepted: {', '.join(family.aspect_ratios)})",
-            )
+            message = _("{model} does not accept aspect_ratio {value!r} (accepted: {accepted})")
+            accepted = ", ".join(family.aspect_ratios)
+            report(ratio_where, message.format(model=model, value=ratio, accepted=accepted))
         elif endpoint in _PIXEL_ROUTES and pixel_size(ratio) is None:
             report(
                 ratio_where,
@@ -232,12 +238,12 @@ def check_combinations(
                 f"size such as 1024x1024, not {ratio!r}",
             )
         if family is not None and not family.accepts_size(size):
-            report(
-                size_where,
-                f"{model} does not accept image_size {size!r} "
-                f"(accepted: {', '.join(family.image_sizes)}); exclude the combination "
-                "or drop the value",
+            message = _(
+                "{model} does not accept image_size {value!r} (accepted: {accepted}); exclude"
+                " the combination or drop the value"
             )
+            accepted = ", ".join(family.image_sizes)
+            report(size_where, message.format(model=model, value=size, accepted=accepted))
         if family is not None and model not in warned:
             gpt = family.pixel_sizes
             if (endpoint in _PIXEL_ROUTES and not gpt) or (endpoint == "nano-banana" and gpt):

@@ -28,6 +28,7 @@ from pydantic import ValidationError
 
 from batchgen.api.catalog import DEFAULT_PRICES
 from batchgen.errors import ConfigError, SpecError, SpecIssue
+from batchgen.i18n import _
 from batchgen.spec.checks import check_combinations, check_params
 from batchgen.spec.combos import Counts, MatrixDef, count_combinations
 from batchgen.spec.lock import (
@@ -266,6 +267,13 @@ def _resolve(
     if model.output is not None and any(ord(c) < 32 for c in model.output):
         ctx.error(("output",), "output must be a plain path: no NUL or control characters")
         model = model.model_copy(update={"output": None})
+    if model.output is None and slug == "job" and name != "job":
+        # Kept as it was (moving a job's folder would lose its ledger); say so instead.
+        message = _(
+            "the default output folder of job {name!r} is out/job (its name has no ASCII"
+            " letters); set `output:`, e.g. output: out/{name}"
+        )
+        ctx.warn(("name",) if model.name else ("version",), message.format(name=name))
     output = Path(model.output or f"out/{slug}").expanduser()
     output_dir = Path(os.path.normpath(absolute.parent / output))
     spec_url = model.api.base_url
@@ -328,8 +336,10 @@ def _resolve(
         where: NodePath = ("matrix",) if ("matrix",) in doc.value_marks else ("repeat",)
         ctx.error(
             where,
-            f"the job expands to {total:,} tasks, more than limits.max_tasks "
-            f"({limits.max_tasks:,}); raise limits.max_tasks (or pass --max-tasks) if you mean it",
+            _(
+                "the job expands to {total:,} tasks, more than limits.max_tasks ({limit:,});"
+                " raise limits.max_tasks (or pass --max-tasks) if you mean it"
+            ).format(total=total, limit=limits.max_tasks),
             at_key=True,
         )
     elif not ctx.broken:
@@ -398,13 +408,17 @@ def _check_budget(
     if unpriced:
         ctx.error(
             path,
-            f"a budget needs a price for every model; add {', '.join(unpriced)} under `prices`",
+            _("a budget needs a price for every model; add {models} under `prices`").format(
+                models=", ".join(unpriced)
+            ),
         )
     elif cost > limits.budget:
         ctx.warn(
             path,
-            f"the estimated cost {cost:.2f} {currency} exceeds the budget "
-            f"{limits.budget:g} {currency}: the run will stop when the budget is spent",
+            _(
+                "the estimated cost {cost:.2f} {currency} exceeds the budget {budget:g}"
+                " {currency}: the run will stop when the budget is spent"
+            ).format(cost=cost, currency=currency, budget=limits.budget),
         )
 
 

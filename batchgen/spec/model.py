@@ -28,6 +28,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 from batchgen.errors import SpecIssue
+from batchgen.i18n import N_, _
 from batchgen.spec.lock import GeneratedAxisModel, GenerateModel
 from batchgen.spec.yamlsrc import NodePath, YamlDocument
 
@@ -52,7 +53,7 @@ ENDPOINTS = ("generate", "nano-banana", "draw-completions", "images")
 def did_you_mean(word: str, choices: Iterable[str], *, cutoff: float = 0.6) -> str:
     """``"; did you mean 'x'?"`` for the closest of ``choices``, or ``""``."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=cutoff)
-    return f"; did you mean {close[0]!r}?" if close else ""
+    return _("; did you mean {choice!r}?").format(choice=close[0]) if close else ""
 
 
 _STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
@@ -385,15 +386,16 @@ def _allowed_keys(parent: NodePath) -> tuple[str, ...]:
 
 
 def _unknown_key_message(key: str, parent: NodePath) -> str:
-    message = f"unknown key {key!r}"
     if parent and parent[0] == "matrix" and len(parent) == 2:
-        message += " in a row file axis"
+        message = _("unknown key {key!r} in a row file axis").format(key=key)
+    else:
+        message = _("unknown key {key!r}").format(key=key)
     hint = ""
     if parent == ():
         # A nested key written at the top (concurrency: 4) is a common slip.
         for section in ("limits", "api"):
             if key in _allowed_keys((section,)):
-                hint = f"; did you mean '{section}.{key}'?"
+                hint = _("; did you mean {choice!r}?").format(choice=f"{section}.{key}")
     return message + (hint or did_you_mean(key, _allowed_keys(parent)))
 
 
@@ -412,15 +414,15 @@ def _describe(value: object) -> str:
 
 
 _MESSAGES = {
-    "string_type": "should be a string",
-    "int_type": "should be a whole number",
-    "float_type": "should be a number",
-    "bool_type": "should be true or false",
-    "list_type": "should be a list",
-    "dict_type": "should be a mapping",
-    "model_type": "should be a mapping",
-    "model_attributes_type": "should be a mapping",
-    "finite_number": "should be a finite number",
+    "string_type": N_("should be a string"),
+    "int_type": N_("should be a whole number"),
+    "float_type": N_("should be a number"),
+    "bool_type": N_("should be true or false"),
+    "list_type": N_("should be a list"),
+    "dict_type": N_("should be a mapping"),
+    "model_type": N_("should be a mapping"),
+    "model_attributes_type": N_("should be a mapping"),
+    "finite_number": N_("should be a finite number"),
 }
 
 
@@ -454,29 +456,36 @@ def structure_issues(
             )
             continue
         if kind == "missing":
-            hint = " (add `version: 1`)" if loc == ("version",) else ""
-            where = f" in {_show(path)}" if path else ""
-            issues.append(doc.issue(path, f"missing key {loc[-1]!r}{where}{hint}"))
-            continue
-        if kind == "literal_error" and path == ("version",):
-            message = (
-                f"unsupported spec version {_describe(error['input'])}: batchgen reads version 1"
-            )
+            if loc == ("version",):
+                message = _("missing key 'version' (add `version: 1`)")
+            elif path:
+                message = _("missing key {key!r} in {where}").format(key=loc[-1], where=_show(path))
+            else:
+                message = _("missing key {key!r}").format(key=loc[-1])
             issues.append(doc.issue(path, message))
             continue
+        if kind == "literal_error" and path == ("version",):
+            message = _("unsupported spec version {value}: batchgen reads version 1")
+            issues.append(doc.issue(path, message.format(value=_describe(error["input"]))))
+            continue
         if kind in _MESSAGES:
-            text = _MESSAGES[kind]
+            text = _(_MESSAGES[kind])
         elif kind == "greater_than_equal":
-            text = f"should be at least {_describe(ctx['ge'])}"
+            text = _("should be at least {value}").format(value=_describe(ctx["ge"]))
         elif kind == "greater_than":
-            text = f"should be greater than {_describe(ctx['gt'])}"
+            text = _("should be greater than {value}").format(value=_describe(ctx["gt"]))
         elif kind == "less_than_equal":
-            text = f"should be at most {_describe(ctx['le'])}"
+            text = _("should be at most {value}").format(value=_describe(ctx["le"]))
         elif kind == "string_too_short":
-            text = "should not be empty"
+            text = _("should not be empty")
         elif kind == "literal_error":
-            text = f"should be one of {ctx['expected']}"
+            text = _("should be one of {values}").format(values=ctx["expected"])
         else:
             text = error["msg"].replace("Input should", "should")
-        issues.append(doc.issue(path, f"{_show(path)}: {text}, got {_describe(error['input'])}"))
+        got = _("{where}: {problem}, got {value}")
+        issues.append(
+            doc.issue(
+                path, got.format(where=_show(path), problem=text, value=_describe(error["input"]))
+            )
+        )
     return issues

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import math
+import unicodedata
 from collections.abc import Container, Iterator
 from dataclasses import dataclass
 
 from batchgen.api.catalog import PRICES_DATED
 from batchgen.errors import SpecIssue
+from batchgen.i18n import _, current_language, ngettext
 from batchgen.spec.load import Spec
 from batchgen.spec.matrix import expand
 from batchgen.spec.model import SpecModel
@@ -39,13 +41,6 @@ _MAX_VALUES = 50
 _SHOWN_VALUES = 12
 _TIMES = " \u00d7 "  # multiplication sign
 _MINUS = " \u2212 "  # minus sign
-_PLURALS = {
-    "model": "models",
-    "aspect_ratio": "ratios",
-    "image_size": "sizes",
-    "prompt": "prompts",
-    "images": "image sets",
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,21 +203,34 @@ def _clock(seconds: float) -> str:
     return f"{days} d {hours} h"
 
 
+def _columns(text: str) -> int:
+    """Terminal columns ``text`` takes: CJK and full-width characters take two."""
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+
+def _pad(text: str, width: int) -> str:
+    return text + " " * max(0, width - _columns(text))
+
+
 def _cut(text: str, width: int) -> str:
     text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 1] + "…"
+    if _columns(text) <= width:
+        return text
+    while _columns(text) > width - 1:
+        text = text[:-1]
+    return text + "…"
 
 
 def format_plan(summary: PlanSummary) -> str:
     """A compact table: tasks per variable value, then totals, cost and duration."""
     lines = [f"{summary.spec}: {summary.name} (route: {summary.endpoint})"]
-    width = max([len(axis.name) for axis in summary.axes] + [8])
+    width = max([_columns(axis.name) for axis in summary.axes] + [8])
     value_width = 48
     for axis in summary.axes:
         for i, (value, count) in enumerate(axis.values[:_SHOWN_VALUES]):
             label = axis.name if i == 0 else ""
             lines.append(
-                f"  {label:<{width}}  {_cut(value, value_width):<{value_width}} {count:>9,}"
+                f"  {_pad(label, width)}  {_pad(_cut(value, value_width), value_width)} {count:>9,}"
             )
         hidden = axis.values[_SHOWN_VALUES:]
         more_values = len(hidden) + axis.more_values
@@ -281,8 +289,8 @@ def plan_json_lines(spec: Spec) -> Iterator[str]:
 
 
 def _plural(name: str) -> str:
-    if name in _PLURALS:
-        return _PLURALS[name]
+    if not name[-1:].isascii():
+        return name  # 风格, スタイル: scripts without an English plural
     if name.endswith(("s", "x", "ch", "sh")):
         return name + "es"
     if name.endswith("y") and name[-2:-1] not in ("a", "e", "i", "o", "u"):
@@ -290,33 +298,49 @@ def _plural(name: str) -> str:
     return name + "s"
 
 
+def _factor(name: str, count: int) -> str:
+    """``2 models``, ``3 subjects``: one factor of the breakdown, in the reader's language."""
+    if name == "model":
+        text = ngettext("{count} model", "{count} models", count)
+    elif name == "aspect_ratio":
+        text = ngettext("{count} ratio", "{count} ratios", count)
+    elif name == "image_size":
+        text = ngettext("{count} size", "{count} sizes", count)
+    elif name == "prompt":
+        text = ngettext("{count} prompt", "{count} prompts", count)
+    elif name == "images":
+        text = ngettext("{count} image set", "{count} image sets", count)
+    else:
+        # An English plural (subjects) only in English: 2 个subject, not 2 个subjects.
+        text = _("{count} {name}")
+        name = _plural(name) if count != 1 and current_language() == "en" else name
+    return text.format(count=count, name=name)
+
+
 def _breakdown(spec: Spec) -> str:
     counts = spec.counts
     if counts.default_only:
-        parts = "1 combination"
+        parts = _("1 combination")
     elif not spec.matrix.axes:
-        parts = f"{counts.added} include entries"
+        parts = _("{count} include entries").format(count=counts.added)
     else:
         factors = [
-            f"{len(axis.values)} {axis.name} rows"
+            _("{count} {name} rows").format(count=len(axis.values), name=axis.name)
             if axis.names != (axis.name,)
-            else f"{len(axis.values)} {_plural(axis.name) if len(axis.values) != 1 else axis.name}"
+            else _factor(axis.name, len(axis.values))
             for axis in spec.matrix.axes
         ]
         parts = _TIMES.join(factors)
         adjusted = bool(counts.excluded or counts.added)
         if counts.excluded:
-            parts += f"{_MINUS}{counts.excluded:,} excluded"
+            parts += _MINUS + _("{count:,} excluded").format(count=counts.excluded)
         if counts.added:
-            parts += f" + {counts.added:,} included"
+            parts += " + " + _("{count:,} included").format(count=counts.added)
         if adjusted and spec.repeat > 1:
             parts = f"({parts})"
     if spec.repeat > 1:
-        parts = (
-            f"{parts}{_TIMES}{spec.repeat} variants"
-            if counts.total > 1
-            else f"{spec.repeat} variants"
-        )
+        variants = _("{count} variants").format(count=spec.repeat)
+        parts = f"{parts}{_TIMES}{variants}" if counts.total > 1 else variants
     return parts
 
 
@@ -325,14 +349,22 @@ def validate_summary(spec: Spec) -> str:
     ``jobs/quickstart.yaml: ok, 8 tasks (2 models x 2 ratios x 2 subjects), est. 0.35 CNY``
     (with multiplication signs), followed by the number of warnings if there are any.
     """
-    line = (
-        f"{spec.display_path}: ok, {spec.task_count:,} task{'s' if spec.task_count != 1 else ''} "
-        f"({_breakdown(spec)}), est. {_money(spec.estimated_cost)} {spec.currency}"
+    line = ngettext(
+        "{file}: ok, {count:,} task ({breakdown}), est. {cost} {currency}",
+        "{file}: ok, {count:,} tasks ({breakdown}), est. {cost} {currency}",
+        spec.task_count,
+    ).format(
+        file=spec.display_path,
+        count=spec.task_count,
+        breakdown=_breakdown(spec),
+        cost=_money(spec.estimated_cost),
+        currency=spec.currency,
     )
     for generated in spec.generated:
         line += f"; {generated.name}: {generated.describe()}"
     if spec.warnings:
-        line += f", {len(spec.warnings)} warning{'s' if len(spec.warnings) != 1 else ''}"
+        count = len(spec.warnings)
+        line += ngettext(", {count} warning", ", {count} warnings", count).format(count=count)
     return line
 
 

@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from batchgen.errors import SpecError, SpecIssue
+from batchgen.i18n import _
 from batchgen.spec.combos import Axis, AxisValue, MatrixDef, MatrixEntry
 from batchgen.spec.lock import GeneratedAxis, GeneratedAxisModel, Lockfile, resolve_generated
 from batchgen.spec.model import MatrixModel, RowSourceModel, did_you_mean
-from batchgen.spec.placeholders import NAME_PATTERN, Template, TemplateError, parse_template
+from batchgen.spec.placeholders import Template, TemplateError, parse_template, variable_name
 from batchgen.spec.sources import (
     ImageRef,
     ImageResolver,
@@ -122,32 +123,36 @@ def _images_text(value: object) -> str:
     return ", ".join(_image_list(value))
 
 
-def _check_name(ctx: Context, name: str, path: NodePath, what: str) -> bool:
-    if not NAME_PATTERN.fullmatch(name):
-        ctx.error(
-            path,
-            f"{what} {name!r} cannot be used as a variable: use letters, digits, '_' and '-', "
-            "not starting with a digit",
-            at_key=True,
+def _check_name(ctx: Context, written: str, path: NodePath, what: str) -> str | None:
+    """The variable ``written`` names (NFKC, see ``variable_name``), or None after an error."""
+    name = variable_name(written)
+    if name is None:
+        message = _(
+            "{what} {name!r} cannot be used as a variable: use letters, digits, '_' and"
+            " '-', not starting with a digit"
         )
-        return False
+        ctx.error(path, message.format(what=what, name=written), at_key=True)
+        return None
     if name in RESERVED_NAMES:
-        ctx.error(path, f"{what} {name!r} is reserved (it is a layout field)", at_key=True)
-        return False
-    return True
+        message = _("{what} {name!r} is reserved (it is a layout field)")
+        ctx.error(path, message.format(what=what, name=written), at_key=True)
+        return None
+    return name
 
 
 def resolve_matrix(ctx: Context, matrix: MatrixModel) -> MatrixDef:
     """Resolve the axes, exclude and include entries of ``matrix`` into a :class:`MatrixDef`."""
     axes: list[Axis] = []
     owner: dict[str, str] = {}
-    for name, definition in (matrix.model_extra or {}).items():
-        path: NodePath = ("matrix", name)
-        if name.lower() in ("includes", "excludes", "exlude", "inclde", "exclue", "incude"):
-            ctx.error(path, f"unknown key {name!r}" + did_you_mean(name, ("include", "exclude")))
+    for written, definition in (matrix.model_extra or {}).items():
+        path: NodePath = ("matrix", written)
+        if written.lower() in ("includes", "excludes", "exlude", "inclde", "exclue", "incude"):
+            hint = did_you_mean(written, ("include", "exclude"))
+            ctx.error(path, f"unknown key {written!r}" + hint)
             ctx.broken = True
             continue
-        if not _check_name(ctx, name, path, "axis"):
+        name = _check_name(ctx, written, path, _("axis"))
+        if name is None:
             ctx.broken = True
             continue
         axis = _resolve_axis(ctx, name, definition, path)
@@ -198,7 +203,7 @@ def _resolve_axis(
     if isinstance(definition, GeneratedAxisModel):
         return _generated_axis(ctx, name, definition, path, where)
     if not definition:
-        ctx.error(path, f"axis {name!r} has no values")
+        ctx.error(path, _("axis {name!r} has no values").format(name=name))
         return None
     rows = [item for item in definition if isinstance(item, dict)]
     if rows and len(rows) != len(definition):
@@ -217,10 +222,9 @@ def _resolve_axis(
         text = _images_text(item) if name == "images" else scalar_text(item)
         if text in seen:
             earlier = seen[text]
+            message = _("duplicate value {value!r} (already at line {line}, column {column})")
             ctx.error(
-                (*path, i),
-                f"duplicate value {text!r} (already at line {earlier.line}, "
-                f"column {earlier.column})",
+                (*path, i), message.format(value=text, line=earlier.line, column=earlier.column)
             )
             continue
         seen[text] = item_where
@@ -265,15 +269,19 @@ def _row_value(
 def _inline_rows(
     ctx: Context, name: str, rows: list[dict[str, object]], path: NodePath, where: Where
 ) -> Axis | None:
-    columns = tuple(rows[0])
-    ok = all(_check_name(ctx, c, (*path, 0, c), "variable") for c in columns)
+    written = tuple(rows[0])
+    names = tuple(_check_name(ctx, c, (*path, 0, c), _("variable")) for c in written)
+    ok = None not in names and len(set(names)) == len(names)
+    if None not in names and not ok:
+        ctx.error((*path, 0), "a row names the same variable twice")
+    columns = tuple(n or "" for n in names)
     values: list[AxisValue] = []
     for i, row in enumerate(rows):
-        if tuple(row) != columns and set(row) != set(columns):
-            ctx.error((*path, i), f"row keys differ from the first row ({', '.join(columns)})")
+        if tuple(row) != written and set(row) != set(written):
+            ctx.error((*path, i), f"row keys differ from the first row ({', '.join(written)})")
             ok = False
             continue
-        cells = tuple(scalar_text(row[c]) for c in columns)
+        cells = tuple(scalar_text(row[c]) for c in written)
         values.append(_row_value(ctx, columns, cells, ctx.where((*path, i))))
     return Axis(name, columns, tuple(values), where) if ok else None
 
@@ -338,12 +346,13 @@ def _check_unused(ctx: Context, axes: list[Axis]) -> None:
         if len(axis.values) < 2:
             continue
         hint = did_you_mean(axis.name, sorted(REQUEST_VARS))
-        ctx.error(
-            ("matrix", axis.name),
-            f"axis {axis.name!r} is not used: no prompt or params placeholder uses "
-            f"{{{axis.name}}}, so its {len(axis.values)} values would give identical requests "
-            f"(use `repeat` for variants){hint}",
-            at_key=True,
+        # At the axis's own key (``axis.where``): its name may be the NFKC form of it.
+        message = _(
+            "axis {name!r} is not used: no prompt or params placeholder uses {{{name}}}, so"
+            " its {count} values would give identical requests (use `repeat` for variants)"
+        )
+        ctx.issues.append(
+            axis.where.issue(message.format(name=axis.name, count=len(axis.values)) + hint)
         )
 
 
@@ -397,27 +406,25 @@ def _exclude_entry(
     match: list[tuple[str, str]] = []
     ok = True
     generated = {axis.name for axis in ctx.generated}
-    for key, value in raw.items():
+    for written, value in raw.items():
+        key = variable_name(written) or written
         if key in generated:
-            ctx.error((*path, key), _GENERATED_ENTRY.format(key), at_key=True)
+            ctx.error((*path, written), _GENERATED_ENTRY.format(written), at_key=True)
             ok = False
             continue
         if key not in values_of:
-            ctx.error(
-                (*path, key),
-                f"exclude key {key!r} is not a matrix variable" + did_you_mean(key, values_of),
-                at_key=True,
-            )
+            message = _("exclude key {key!r} is not a matrix variable").format(key=written)
+            ctx.error((*path, written), message + did_you_mean(key, values_of), at_key=True)
             ok = False
             continue
         text = scalar_text(value)
         if text not in values_of[key]:
             known = sorted(values_of[key])
             shown = ", ".join(known[:8]) + (", ..." if len(known) > 8 else "")
+            message = _("exclude value {value!r} matches no value of {key!r} ({known})")
             ctx.error(
-                (*path, key),
-                f"exclude value {text!r} matches no value of {key!r} ({shown})"
-                + did_you_mean(text, known),
+                (*path, written),
+                message.format(value=text, key=written, known=shown) + did_you_mean(text, known),
             )
             ok = False
             continue
@@ -436,16 +443,18 @@ def _include_entry(
     adds: list[tuple[str, str]] = []
     images: tuple[ImageRef, ...] | None = None
     ok = True
-    for key, value in raw.items():
-        if key in {axis.name for axis in ctx.generated}:
-            ctx.error((*path, key), _GENERATED_ENTRY.format(key), at_key=True)
+    generated = {axis.name for axis in ctx.generated}
+    for written, value in raw.items():
+        if (variable_name(written) or written) in generated:
+            ctx.error((*path, written), _GENERATED_ENTRY.format(written), at_key=True)
             ok = False
             continue
-        if not _check_name(ctx, key, (*path, key), "include key"):
+        key = _check_name(ctx, written, (*path, written), _("include key"))
+        if key is None:
             ok = False
             continue
         if isinstance(value, list) and key != "images":
-            ctx.error((*path, key), "only 'images' takes a list")
+            ctx.error((*path, written), "only 'images' takes a list")
             ok = False
             continue
         text = _images_text(value) if key == "images" else scalar_text(value)
@@ -456,5 +465,5 @@ def _include_entry(
         if key == "images":
             images = ctx.image_set(_image_list(value), where)
         elif key == "prompt":
-            ctx.template(text, ctx.where((*path, key)), "prompt")
+            ctx.template(text, ctx.where((*path, written)), "prompt")
     return MatrixEntry(tuple(match), tuple(adds), where, images) if ok else None

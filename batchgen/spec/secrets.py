@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 from batchgen.errors import SpecIssue, register_secret
+from batchgen.i18n import N_, _
 from batchgen.spec.yamlsrc import MAX_BYTES, NodePath, YamlDocument
 
 __all__ = ["NO_KEYS", "secret_issues", "secrets_in_file"]
@@ -21,7 +22,7 @@ _SECRET_NAMES = frozenset(
     {"key", "apikey", "token", "authorization", "auth", "secret", "password", "bearer"}
 )
 _SECRET_SUFFIXES = ("apikey", "token", "secret", "password", "secretkey", "accesskey")
-NO_KEYS = "an API key must never be written in a spec; set COBABA_API_KEY in the environment"
+NO_KEYS = N_("an API key must never be written in a spec; set COBABA_API_KEY in the environment")
 
 
 def _is_secret_name(key: str) -> bool:
@@ -34,7 +35,8 @@ def _text_secrets(text: str, file: str) -> list[SpecIssue]:
     for match in _SECRET_TEXT.finditer(text):
         line = text.count("\n", 0, match.start()) + 1
         column = match.start() - (text.rfind("\n", 0, match.start()) + 1) + 1
-        issues.append(SpecIssue(file, line, column, f"this looks like an API key: {NO_KEYS}"))
+        message = _("this looks like an API key: {why}").format(why=_(NO_KEYS))
+        issues.append(SpecIssue(file, line, column, message))
     return issues
 
 
@@ -62,11 +64,9 @@ def secret_issues(doc: YamlDocument) -> tuple[list[SpecIssue], list[NodePath]]:
                     paths.append((*path, key))
                     if isinstance(child, str):
                         register_secret(child)  # keep it out of every later message
-                    issues.append(
-                        doc.issue(
-                            (*path, key), f"key {key!r} is not allowed: {NO_KEYS}", at_key=True
-                        )
-                    )
+                    message = _("key {key!r} is not allowed: {why}")
+                    message = message.format(key=key, why=_(NO_KEYS))
+                    issues.append(doc.issue((*path, key), message, at_key=True))
                 else:
                     stack.append(((*path, key), child))
         elif isinstance(value, list):

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from batchgen.errors import ConfigError, SpecError, SpecIssue
-from batchgen.spec.placeholders import NAME_PATTERN
+from batchgen.i18n import _
+from batchgen.spec.placeholders import variable_name
 
 __all__ = [
     "MAX_ROW_FILE_BYTES",
@@ -132,13 +133,15 @@ class ImageResolver:
         try:
             digest, mime, size = _hash_image(path)
         except FileNotFoundError:
-            raise SourceError(f"reference image not found: {text} (looked for {path})") from None
+            message = _("reference image not found: {image} (looked for {path})")
+            raise SourceError(message.format(image=text, path=path)) from None
         except IsADirectoryError:
             raise SourceError(f"reference image is a folder: {text}") from None
         except OSError as exc:
             raise SourceError(f"cannot read reference image {text}: {exc.strerror}") from None
         if not mime:
-            raise SourceError(f"reference image {text} is not a PNG, JPEG, WebP or GIF file")
+            message = _("reference image {image} is not a PNG, JPEG, WebP or GIF file")
+            raise SourceError(message.format(image=text))
         ref = ImageRef(written, str(path), digest, False, mime, size)
         self._cache[str(path)] = ref
         return ref
@@ -238,7 +241,8 @@ def read_rows(
         text = raw.decode("utf-8-sig")
     except FileNotFoundError:
         looked = "" if str(path) == display else f" (looked for {path})"
-        raise SourceError(f"row file not found: {display}{looked}") from None
+        message = _("row file not found: {file}").format(file=display)
+        raise SourceError(message + looked) from None
     except IsADirectoryError:
         raise SourceError(f"row file {display} is a folder") from None
     except UnicodeDecodeError:
@@ -254,7 +258,9 @@ def read_rows(
         table = _read_jsonl(text, display, max_rows)
     if not table.rows:
         raise SourceError(f"row file {display} has no rows")
-    return RowTable(table.columns, table.rows, hashlib.sha256(raw).hexdigest())
+    # Columns were checked by _check_columns: each names a variable, in its NFKC form.
+    columns = tuple(variable_name(c) or c for c in table.columns)
+    return RowTable(columns, table.rows, hashlib.sha256(raw).hexdigest())
 
 
 def _too_many(display: str, max_rows: int, line: int) -> SpecError:
@@ -281,17 +287,20 @@ def _read_txt(text: str, display: str, axis: str, max_rows: int) -> RowTable:
 def _check_columns(columns: list[str], where: Where) -> list[SpecIssue]:
     issues: list[SpecIssue] = []
     seen: set[str] = set()
-    for name in columns:
-        if not NAME_PATTERN.fullmatch(name):
+    for written in columns:
+        name = variable_name(written)
+        if name is None:
             issues.append(
                 where.issue(
-                    f"column {name!r} cannot be a variable name "
-                    "(letters, digits, '_' and '-', not starting with a digit)"
+                    _(
+                        "column {name!r} cannot be a variable name "
+                        "(letters, digits, '_' and '-', not starting with a digit)"
+                    ).format(name=written)
                 )
             )
         elif name in seen:
-            issues.append(where.issue(f"column {name!r} appears twice"))
-        seen.add(name)
+            issues.append(where.issue(f"column {written!r} appears twice"))
+        seen.add(name or written)
     return issues
 
 
@@ -314,7 +323,11 @@ def _read_csv(text: str, display: str, sep: str, max_rows: int) -> RowTable:
                 continue
             if len(cells) != len(columns):
                 issues.append(
-                    where.issue(f"row has {len(cells)} fields, the header has {len(columns)}")
+                    where.issue(
+                        _("row has {count} fields, the header has {columns}").format(
+                            count=len(cells), columns=len(columns)
+                        )
+                    )
                 )
                 continue
             if len(rows) >= max_rows:
