@@ -2,7 +2,7 @@
 # and creates .venv on first use.
 PYTHON ?= python3
 
-.PHONY: demo test reliability browser bench sim clean
+.PHONY: demo test reliability slow browser bench sim clean
 
 demo:
 	$(PYTHON) tasks.py demo
@@ -10,6 +10,8 @@ test:
 	$(PYTHON) tasks.py test
 reliability:
 	$(PYTHON) tasks.py reliability
+slow:
+	$(PYTHON) tasks.py slow
 browser:
 	$(PYTHON) tasks.py browser
 bench:

@@ -5,6 +5,7 @@
     python3 tasks.py test          every CI check: ruff, ruff format, mypy --strict, pytest
                                    (the browser tests too, when Chromium can be had)
     python3 tasks.py reliability   the crash/resume loop and fault matrix (minutes)
+    python3 tasks.py slow          the long tests kept out of CI (big matrices, long runs)
     python3 tasks.py browser       the gallery tests in headless Chromium
     python3 tasks.py bench         every benchmark scenario, printed as a table
     python3 tasks.py sim           the simulator on http://127.0.0.1:8787/v1
@@ -180,6 +181,10 @@ def task_reliability(extra: list[str]) -> int:
     return run(tool("pytest"), "-q", "-s", "-m", "reliability", *extra)
 
 
+def task_slow(extra: list[str]) -> int:
+    return run(tool("pytest"), "-q", "-m", "slow", *extra)
+
+
 def task_browser(extra: list[str]) -> int:
     why_not = ensure_browser()
     if why_not is not None:
@@ -345,6 +350,7 @@ TASKS = {
     "demo": task_demo,
     "test": task_test,
     "reliability": task_reliability,
+    "slow": task_slow,
     "browser": task_browser,
     "bench": task_bench,
     "sim": task_sim,
