@@ -438,3 +438,28 @@ async def test_the_early_refusal_creates_nothing_and_sees_a_live_lease(tmp_path:
         with pytest.raises(LeaseHeldError, match="held by batchgen run"):
             await refuse_if_held(path)
     await refuse_if_held(path)  # released: free again
+
+
+def test_a_shard_removes_its_own_partial_files_at_start(tmp_path: Path) -> None:
+    """A shard killed mid-download leaves a partial file named after it: its next
+    start-up removes it at once; another shard's fresh one stays (it may be
+    downloading now), a stale one of any shard goes."""
+    import time as clock
+
+    from batchgen.output.fetch import part_path
+    from batchgen.runner.startup import STALE_PARTIAL, _clean_partials
+
+    folder = tmp_path / "out" / "m"
+    folder.mkdir(parents=True)
+    mine = part_path(folder / "a.png", Shard(1, 4).name)
+    theirs = part_path(folder / "b.png", Shard(2, 4).name)
+    stale = part_path(folder / "c.png", Shard(3, 4).name)
+    for path in (mine, theirs, stale):
+        path.write_bytes(b"partial")
+    old = clock.time() - STALE_PARTIAL - 5
+    os.utime(stale, (old, old))
+    assert mine.name.startswith(".bg-1-of-4-")
+    _clean_partials(tmp_path / "out", shard=Shard(1, 4))
+    assert (mine.exists(), theirs.exists(), stale.exists()) == (False, True, False)
+    _clean_partials(tmp_path / "out")  # unsharded: the only writer, all go
+    assert not theirs.exists()

@@ -24,7 +24,6 @@ import importlib.metadata
 import io
 import json
 import os
-import secrets
 import struct
 import zlib
 from collections.abc import Mapping
@@ -36,6 +35,7 @@ from xml.sax.saxutils import escape
 from PIL import ExifTags, Image
 
 from batchgen.errors import NotAnImageError
+from batchgen.output.fetch import part_path
 
 __all__ = [
     "Provenance",
@@ -45,7 +45,6 @@ __all__ = [
     "provenance_json",
 ]
 
-PART_SUFFIX: Final = ".part"  # as batchgen.output.fetch: start-up removes leftovers
 _PNG: Final = b"\x89PNG\r\n\x1a\n"
 _KEYWORDS: Final = (b"parameters", b"batchgen")
 _XMP_NS: Final = b"http://ns.adobe.com/xap/1.0/\x00"
@@ -144,11 +143,13 @@ def embed_bytes(data: bytes, p: Provenance) -> bytes:
     return data
 
 
-def embed_file(path: Path, p: Provenance, *, durable: bool = True) -> tuple[int, str]:
+def embed_file(
+    path: Path, p: Provenance, *, durable: bool = True, part_tag: str = ""
+) -> tuple[int, str]:
     """Rewrite the image at ``path`` with ``p`` embedded, atomically (a hidden partial
     file, fsynced, renamed); return the new size and sha256."""
     data = embed_bytes(path.read_bytes(), p)
-    part = path.with_name(f".bg-{secrets.token_hex(6)}{PART_SUFFIX}")
+    part = part_path(path, part_tag)
     try:
         with part.open("wb") as fh:
             fh.write(data)

@@ -38,7 +38,14 @@ from batchgen.errors import (
     redact,
 )
 
-__all__ = ["PART_SUFFIX", "Downloader", "SavedImage", "is_local_host", "verify_image"]
+__all__ = [
+    "PART_SUFFIX",
+    "Downloader",
+    "SavedImage",
+    "is_local_host",
+    "part_path",
+    "verify_image",
+]
 
 #: Suffix of in-progress files; anything ending in it is garbage after a crash.
 PART_SUFFIX: Final = ".part"
@@ -121,8 +128,12 @@ class Downloader:
         durable: bool = True,
         transport: httpx.AsyncBaseTransport | None = None,
         resolve: Callable[[str], Awaitable[list[str]]] | None = None,
+        part_tag: str = "",
     ) -> None:
         self.max_bytes = max_bytes
+        #: Names this run's partial files (a shard's ``<i>-of-<n>``), so that its next
+        #: start-up knows them from those of other shards writing the same tree.
+        self.part_tag = part_tag
         self.allow_local = allow_local
         self.durable = durable
         # Connections are pinned to checked addresses; an injected transport (tests)
@@ -285,7 +296,7 @@ class Downloader:
             raise DownloadTooLargeError(
                 f"image of {int(declared):,} bytes exceeds the cap of {self.max_bytes:,}", url=url
             )
-        part = _part_path(dest)
+        part = part_path(dest, self.part_tag)
         digest = hashlib.sha256()
         size = 0
         try:
@@ -325,7 +336,7 @@ class Downloader:
                 f"inline image of {len(data):,} bytes exceeds the cap of {self.max_bytes:,}"
             )
         dest.parent.mkdir(parents=True, exist_ok=True)
-        part = _part_path(dest)
+        part = part_path(dest, self.part_tag)
         try:
             with part.open("wb") as fh:
                 fh.write(data)
@@ -342,9 +353,13 @@ class Downloader:
         return SavedImage(dest, len(data), hashlib.sha256(data).hexdigest(), width, height, fmt)
 
 
-def _part_path(dest: Path) -> Path:
-    # Short and independent of the final name, which may already use all 255 bytes.
-    return dest.with_name(f".bg-{secrets.token_hex(6)}{PART_SUFFIX}")
+def part_path(dest: Path, tag: str = "") -> Path:
+    """A hidden partial file beside ``dest``: ``.bg-[<tag>-]<random>.part``.
+
+    Short and independent of the final name, which may already use all 255 bytes.
+    """
+    prefix = f".bg-{tag}-" if tag else ".bg-"
+    return dest.with_name(f"{prefix}{secrets.token_hex(6)}{PART_SUFFIX}")
 
 
 def _fsync_dir(path: Path) -> None:

@@ -101,6 +101,8 @@ def _file_entry(run: RunState, task: InFlight, saved: SavedImage) -> dict[str, o
             width=saved.width,
             height=saved.height,
         )
-        size, digest = embed_file(saved.path, info, durable=run.downloader.durable)
+        size, digest = embed_file(
+            saved.path, info, durable=run.downloader.durable, part_tag=run.downloader.part_tag
+        )
         entry.update(bytes=size, sha256=digest, served_bytes=saved.size, served_sha256=saved.sha256)
     return entry

@@ -235,6 +235,7 @@ async def arun(
                 timeout=spec.limits.download_timeout,
                 allow_local=allow_local,
                 max_connections=limits.download_workers + 4,
+                part_tag=shard.name if shard is not None else "",
             )
         )
         counts = await ledger.counts(in_run=True)

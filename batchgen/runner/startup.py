@@ -108,7 +108,7 @@ async def startup(
         if count:
             hook.on_message("warning", f"resubmitting {count} unknown task(s) (policy)")
     await _verify_files(ledger, Path(spec.output_dir), hook)
-    _clean_partials(Path(spec.output_dir), shared=shard is not None)
+    _clean_partials(Path(spec.output_dir), shard=shard)
     return missing
 
 
@@ -141,20 +141,23 @@ async def _verify_files(ledger: Ledger, root: Path, hook: ProgressHook) -> None:
 STALE_PARTIAL = 600.0
 
 
-def _clean_partials(root: Path, *, shared: bool = False) -> None:
+def _clean_partials(root: Path, *, shard: Shard | None = None) -> None:
     """Remove ``*.part`` files a killed run left behind (their task is not done).
 
-    ``shared``: other shards may be downloading into the same tree right now; only
-    partial files untouched for :data:`STALE_PARTIAL` seconds are a dead run's.
+    A shard removes its own at once (they are named after it, and it holds its
+    ledger's lease: nothing else writes them); other shards may be downloading into
+    the same tree right now, so of theirs only partial files untouched for
+    :data:`STALE_PARTIAL` seconds (a dead run's) are removed.
     """
     if not root.exists():
         return
     now = time.time()
+    own = f".bg-{shard.name}-" if shard is not None else ""
     for dirpath, _dirs, files in os.walk(root):
         for name in files:
             if name.endswith(PART_SUFFIX) and name.startswith("."):
                 path = Path(dirpath, name)
-                if shared:
+                if shard is not None and not name.startswith(own):
                     try:
                         if now - path.stat().st_mtime < STALE_PARTIAL:
                             continue

@@ -17,6 +17,7 @@ import anyio
 import pytest
 
 from batchgen.api.auth import BearerAuth
+from batchgen.api.catalog import DEFAULT_PRICES
 from batchgen.ledger.schema import Transition
 from batchgen.ledger.store import Ledger
 from batchgen.runner.job import RunHandle, RunOptions, arun
@@ -222,7 +223,8 @@ def test_huge_retry_after_parks(tmp_path: Path, procs: Processes) -> None:
 @pytest.mark.reliability
 def test_budget_stop_ends_the_run(tmp_path: Path, procs: Processes) -> None:
     """Reaching the budget stops submitting, finishes what was paid for, and exits 1."""
-    budget = 0.01  # below the price of one image (0.022): the first task stops the run
+    budget = 0.01  # below the price of one image: the first task stops the run
+    assert budget < DEFAULT_PRICES["nano-banana-fast"]
     job = make_job(
         tmp_path, procs, ("--latency", "0.5",), name="budget", tasks=60,
         limits={"budget": budget},
@@ -246,7 +248,8 @@ def test_ctrl_c_ends_a_budget_drain(tmp_path: Path, procs: Processes) -> None:
     """While a budget stop waits for paid tasks to finish, one Ctrl-C ends the run (130)."""
     job = make_job(
         tmp_path, procs, ("--latency", "30"), name="drain", tasks=4, concurrency=4,
-        limits={"budget": 0.05},  # two images; both then take 30 s at the service
+        # two images (not three); both then take 30 s at the service
+        limits={"budget": round(2.5 * DEFAULT_PRICES["nano-banana-fast"], 4)},
     )  # fmt: skip
     run = job.spawn(procs)
     _wait_for_tasks(job, 2, run)
