@@ -70,6 +70,12 @@ def _sim_flag(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _base_url_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--base-url", metavar="URL", help="service URL (overrides COBABA_BASE_URL and the spec)"
+    )
+
+
 def _sim_profile(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--sim-profile",
@@ -152,9 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="take the job's ledger from a run that still looks alive; if it is in fact"
         " running, both submit the same tasks and the service charges twice",
     )
-    p.add_argument(
-        "--base-url", metavar="URL", help="service URL (overrides COBABA_BASE_URL and the spec)"
-    )
+    _base_url_arg(p)
     p.add_argument(
         "--concurrency",
         type=int,
@@ -196,9 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _spec_arg(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument(
-        "--base-url", metavar="URL", help="service URL (overrides COBABA_BASE_URL and the spec)"
-    )
+    _base_url_arg(p)
     p.add_argument(
         "--sim",
         action="store_true",
@@ -219,9 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="ask again for this generated axis, even if locked (repeatable; its tasks get"
         " new keys)",
     )
-    p.add_argument(
-        "--base-url", metavar="URL", help="service URL (overrides COBABA_BASE_URL and the spec)"
-    )
+    _base_url_arg(p)
     p.add_argument(
         "--sim",
         action="store_true",

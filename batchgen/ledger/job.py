@@ -48,6 +48,14 @@ class JobLedgers:
             if following is not None:
                 heapq.heappush(heads, (following.seq, following.key, i, following))
 
+    async def counts(self) -> dict[str, int]:
+        """Tasks per state over every ledger (every state present, zero included)."""
+        counts = dict.fromkeys((s.value for s in TaskState), 0)
+        for _, ledger in self.ledgers:
+            for state, n in (await ledger.counts()).items():
+                counts[state] += n
+        return counts
+
     async def done_keys(self) -> frozenset[str]:
         """The keys of every done task."""
         return frozenset([row.key async for row in self.iter_rows([TaskState.DONE])])

@@ -210,13 +210,9 @@ async def export_card(spec: Spec) -> Path:
     finished: list[float] = []
     served = False
     images = 0
-    if not job_ledgers(spec):
-        raise LedgerError(f"no ledger in {root}: nothing has run yet")
-    counts: Counter[str] = Counter()
-    async with open_job(spec) as job:
+    async with open_job(spec) as job:  # raises LedgerError when nothing has run yet
         await write_metadata(root, manifest_rows(job))
-        for _, ledger in job.ledgers:
-            counts.update(await ledger.counts())
+        counts = await job.counts()
         async for row in job.iter_rows([TaskState.DONE]):
             for entry in row.files:
                 images += 1

@@ -90,11 +90,8 @@ async def merge(spec: Spec, *, sources: Sequence[Path] = ()) -> MergeResult:
             images += n
     if not job_ledgers(spec):
         raise LedgerError(f"no ledger in {root}: nothing has run yet (or give --from DIR)")
-    counts: dict[str, int] = {s.value: 0 for s in TaskState}
     async with open_job(spec) as job:
-        for _, ledger in job.ledgers:
-            for state, n in (await ledger.counts()).items():
-                counts[state] += n
+        counts = await job.counts()
         missing = [
             str(row["file_name"])
             async for row in manifest_rows(job)
