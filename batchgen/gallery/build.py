@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import hashlib
 import os
 import re
 import sys
@@ -57,7 +56,7 @@ from batchgen.i18n import _
 from batchgen.ledger.job import open_job
 from batchgen.ledger.paths import job_ledgers, ledger_path
 from batchgen.ledger.schema import TaskRow, TaskState
-from batchgen.output.tree import resolve_inside, write_atomic
+from batchgen.output.tree import file_sha256, resolve_inside, write_atomic
 from batchgen.spec.load import Spec, load_spec
 from batchgen.spec.matrix import PlannedTask, expand
 
@@ -349,11 +348,7 @@ async def _with_thumbnails(
 
 def _sha256_of(path: Path) -> str:
     try:
-        digest = hashlib.sha256()
-        with path.open("rb") as fh:
-            for block in iter(functools.partial(fh.read, 1 << 20), b""):
-                digest.update(block)
-        return digest.hexdigest()
+        return file_sha256(path)
     except OSError:
         return ""
 

@@ -13,7 +13,6 @@ in several places is taken from the one with the most done tasks.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -27,7 +26,13 @@ from batchgen.errors import ConfigError, LedgerError
 from batchgen.ledger.job import JobLedgers, open_job
 from batchgen.ledger.paths import SHARDS_DIR, job_ledgers, shard_of_folder
 from batchgen.ledger.schema import LEDGER_NAME, TaskState
-from batchgen.output.tree import METADATA_NAME, SUMMARY_NAME, write_atomic, write_metadata
+from batchgen.output.tree import (
+    METADATA_NAME,
+    SUMMARY_NAME,
+    file_sha256,
+    write_atomic,
+    write_metadata,
+)
 from batchgen.spec.load import Spec
 from batchgen.spec.matrix import expand
 
@@ -192,12 +197,12 @@ def _copy_images(conn: sqlite3.Connection, source: Path, root: Path) -> int:
             if not rel or Path(rel).is_absolute() or ".." in Path(rel).parts:
                 raise ConfigError(f"a ledger in {source} lists a file outside its tree: {rel!r}")
             dest = root / rel
-            if dest.is_file() and _sha256(dest) == want:
+            if dest.is_file() and file_sha256(dest) == want:
                 continue
             src = source / rel
             if not src.is_file():
                 raise ConfigError(f"{src} is missing: its shard's ledger says it was saved")
-            if _sha256(src) != want:
+            if file_sha256(src) != want:
                 raise ConfigError(f"{src} does not match the sha256 its ledger recorded")
             dest.parent.mkdir(parents=True, exist_ok=True)
             temp = dest.with_name(f".{dest.name}.merge")
@@ -205,11 +210,3 @@ def _copy_images(conn: sqlite3.Connection, source: Path, root: Path) -> int:
             os.replace(temp, dest)
             copied += 1
     return copied
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -9,6 +9,7 @@ file name, so two tasks never share a file.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -24,6 +25,7 @@ __all__ = [
     "DEFAULT_LAYOUT",
     "METADATA_NAME",
     "SUMMARY_NAME",
+    "file_sha256",
     "layout_relpath",
     "resolve_inside",
     "slug",
@@ -193,3 +195,12 @@ async def write_metadata(
     finally:
         tmp.unlink(missing_ok=True)
     return count
+
+
+def file_sha256(path: Path) -> str:
+    """The hex sha256 of the file at ``path``, read in 1 MiB blocks (OSError if unreadable)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
